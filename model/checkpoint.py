@@ -1,0 +1,152 @@
+"""CLIP-MC checkpoints: safetensors weights plus a JSON config (DESIGN.md sections 2 and 4).
+
+A checkpoint is a directory:
+
+    config.json          architecture, image size, preprocessing, embedding_version, metadata
+    model.safetensors    the weights; config.json records their sha256
+
+The `embedding_version` (architecture + weights hash + preprocessing) travels with the vectors into
+ONNX metadata, engine cache keys and galleries: vectors of two versions must never be mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .clipmc import CLIPMC
+from .config import ModelConfig
+from .version import compute_embedding_version, preprocess_config
+
+log = logging.getLogger(__name__)
+
+FORMAT = "clipmc-checkpoint/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt or does not match its config."""
+
+
+def save_checkpoint(model: CLIPMC, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Write the checkpoint directory atomically (files written to temp names, then renamed)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    version = compute_embedding_version(model)
+    pre = preprocess_config(model.config)
+    weights_tmp = _tmp_name(out, WEIGHTS_FILE)
+    save_file(state, str(weights_tmp), metadata={"format": FORMAT})
+    config = {
+        "format": FORMAT,
+        "architecture": model.config.to_dict(),
+        "image_size": list(model.config.image_size),
+        "embedding_dim": model.config.embedding_dim,
+        "preprocessing": pre.to_dict(),
+        "embedding_version": version,
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": _file_sha256(weights_tmp),
+        "metadata": metadata,
+    }
+    config_tmp = _tmp_name(out, CONFIG_FILE)
+    config_tmp.write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
+    os.replace(weights_tmp, out / WEIGHTS_FILE)
+    os.replace(config_tmp, out / CONFIG_FILE)
+    log.info("saved checkpoint %s (%s)", out, config["embedding_version"])
+    return out
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's config.json, validated; `path` is the directory or a file inside it."""
+    directory = _checkpoint_dir(path)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(
+            f"{cfg_path}: missing (a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not a CLIP-MC checkpoint config (format != {FORMAT!r})")
+    for key in ("architecture", "embedding_version", "weights_sha256"):
+        if key not in cfg:
+            raise CheckpointError(f"{cfg_path}: missing field {key!r}")
+    return cfg
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CLIPMC:
+    """Rebuild the model from a checkpoint directory; every failure names the file and the problem."""
+    from .factory import build_model  # local: factory imports open_clip, which is slow to import
+
+    directory = _checkpoint_dir(path)
+    cfg = read_checkpoint_config(directory)
+    weights = directory / cfg.get("weights_file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing weights file")
+    actual = _file_sha256(weights)
+    if actual != cfg["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights}: sha256 {actual[:12]}... does not match config.json ({cfg['weights_sha256'][:12]}...): "
+            "the file is truncated, corrupt or from another checkpoint"
+        )
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from exc
+    try:
+        config = ModelConfig.from_dict(cfg["architecture"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: bad architecture ({exc})") from exc
+    model = build_model(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{weights}: weights do not match the architecture {config.name!r} in config.json: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    version = compute_embedding_version(model)
+    if version != cfg["embedding_version"]:
+        raise CheckpointError(
+            f"{directory}: embedding_version of the weights ({version}) differs from config.json "
+            f"({cfg['embedding_version']})"
+        )
+    model.eval()
+    return model
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
+        return p.parent
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a checkpoint directory (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+    return p
+
+
+def _tmp_name(directory: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

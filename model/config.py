@@ -1,0 +1,121 @@
+"""Named CLIP-MC architectures.
+
+A `ModelConfig` is everything needed to rebuild the network without weights: the open_clip CLIP
+configuration (image and text towers) plus the sizes of the CLIP-MC heads. It is written into every
+checkpoint, so a checkpoint never depends on the code's defaults at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+IMAGE_SIZE = (288, 144)  # (H, W), DESIGN.md section 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one CLIP-MC network."""
+
+    name: str
+    clip: dict[str, Any]  # open_clip model config: embed_dim, vision_cfg, text_cfg, quick_gelu
+    open_clip_name: str | None = None  # open_clip's own name, for pretrained tags such as "openai"
+    image_size: tuple[int, int] = IMAGE_SIZE
+    n_queries: int = 4  # ITPG instance tokens M
+    itpg_layers: int = 1
+    itpg_heads: int = 8
+    n_ctx: int = 4  # MCL context tokens per modality
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of f_img, the projected patches and the text features."""
+        return int(self.clip["embed_dim"])
+
+    @property
+    def vision_width(self) -> int:
+        """Width of the CLS token after ln_post (f_cls)."""
+        return int(self.clip["vision_cfg"]["width"])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.clip["text_cfg"]["width"])
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of the retrieval vector concat[f_cls, f_full]."""
+        return self.vision_width + self.embed_dim
+
+    def open_clip_cfg(self) -> dict[str, Any]:
+        """The open_clip config with the image size set to ours (position grid sized at build)."""
+        cfg = copy.deepcopy(self.clip)
+        cfg["vision_cfg"]["image_size"] = list(self.image_size)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["image_size"] = tuple(d.get("image_size", IMAGE_SIZE))
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+_VIT_B_16 = ModelConfig(
+    name="vit-b-16",
+    open_clip_name="ViT-B-16",
+    clip={
+        "embed_dim": 512,
+        "quick_gelu": True,  # the openai weights were trained with QuickGELU
+        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
+    },
+)
+
+# Same code, small widths and depths: the test suite runs it on 2 CPU cores.
+_TINY = ModelConfig(
+    name="tiny",
+    open_clip_name=None,
+    clip={
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 48, "head_width": 24, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    },
+    itpg_heads=2,
+)
+
+NAMED_CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_VIT_B_16, _TINY)}
+
+
+def get_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides: Any) -> ModelConfig:
+    """Resolve a named config, a JSON file path, a dict or a ModelConfig; apply overrides."""
+    if isinstance(name_or_config, ModelConfig):
+        cfg = name_or_config
+    elif isinstance(name_or_config, dict):
+        cfg = ModelConfig.from_dict(name_or_config)
+    elif name_or_config in NAMED_CONFIGS:
+        cfg = NAMED_CONFIGS[name_or_config]
+    elif Path(name_or_config).is_file():
+        with open(name_or_config, encoding="utf-8") as f:
+            cfg = ModelConfig.from_dict(json.load(f))
+    else:
+        raise ValueError(
+            f"unknown model configuration {name_or_config!r}: "
+            f"use one of {sorted(NAMED_CONFIGS)} or a JSON file path"
+        )
+    if overrides:
+        if "image_size" in overrides and overrides["image_size"] is not None:
+            overrides["image_size"] = tuple(overrides["image_size"])
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return cfg

@@ -1,0 +1,102 @@
+"""Build CLIP-MC from a named configuration, with open_clip's weights (DESIGN.md section 3).
+
+The open_clip CLIP model is built at our image size (288 x 144, an 18 x 9 patch grid) and pretrained
+weights are loaded with open_clip's own loader, which interpolates the position embedding once, at
+load time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip import pretrained as oc_pretrained
+
+from .clipmc import CLIPMC, PROMPT_LEN, PROMPT_TEMPLATE
+from .config import ModelConfig, get_config
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained CLIP weights could not be found or fetched."""
+
+
+def prompt_token_ids() -> torch.Tensor:
+    """Token ids of the prompt template (the BPE vocabulary ships with open_clip: no download)."""
+    ids = open_clip.tokenize([PROMPT_TEMPLATE])[0, :PROMPT_LEN]
+    return ids
+
+
+def build_clip(config: ModelConfig) -> torch.nn.Module:
+    """A randomly initialised open_clip CLIP model of the config, at the config's image size."""
+    return open_clip.CLIP(**config.open_clip_cfg())
+
+
+def resolve_pretrained(config: ModelConfig, pretrained: str, cache_dir: str | None = None) -> str:
+    """Map `pretrained` (an open_clip tag such as "openai", or a local file) to a local file path."""
+    if os.path.isfile(pretrained):
+        return pretrained
+    if config.open_clip_name is None:
+        raise PretrainedWeightsError(
+            f"model {config.name!r} has no published weights; pretrained={pretrained!r} must be a local "
+            "open_clip checkpoint file"
+        )
+    tag_cfg = oc_pretrained.get_pretrained_cfg(config.open_clip_name, pretrained)
+    if not tag_cfg:
+        raise PretrainedWeightsError(
+            f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {config.open_clip_name} "
+            f"(tags: {oc_pretrained.list_pretrained_tags_by_model(config.open_clip_name)})"
+        )
+    try:
+        path = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as exc:  # network errors surface as many types from huggingface_hub/urllib
+        raise PretrainedWeightsError(
+            f"could not obtain the {pretrained!r} {config.open_clip_name} weights ({type(exc).__name__}: "
+            f"{exc}). With no network, download them once on a connected machine (open_clip caches them, "
+            f"here under {cache_dir or 'the Hugging Face cache'}) or point at a local open_clip checkpoint "
+            "file: --weights /path/to/open_clip_model.safetensors (environment: CLIPMC_WEIGHTS)"
+        ) from exc
+    if not path:
+        raise PretrainedWeightsError(f"open_clip returned no file for {config.open_clip_name}/{pretrained}")
+    return path
+
+
+def build_model(
+    name_or_config: str | ModelConfig | dict[str, Any] = "vit-b-16",
+    pretrained: str | None = None,
+    *,
+    cache_dir: str | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> CLIPMC:
+    """Build CLIP-MC.
+
+    pretrained: None (random init), an open_clip tag ("openai"), or a local open_clip checkpoint file.
+    image_size: override (H, W); default 288 x 144.
+    """
+    config = get_config(name_or_config, image_size=image_size)
+    path = resolve_pretrained(config, pretrained, cache_dir) if pretrained else None  # fail before building
+    clip = build_clip(config)
+    if path:
+        log.info("loading CLIP weights from %s", path)
+        try:
+            open_clip.load_checkpoint(clip, path, strict=True)
+        except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as exc:
+            raise PretrainedWeightsError(
+                f"{path}: not an open_clip checkpoint of architecture {config.name!r}: {exc}"
+            ) from exc
+    model = CLIPMC(clip, config, prompt_token_ids())
+    model.eval()
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_cache_dir() -> str:
+    return str(Path(os.environ.get("CLIPMC_CACHE", Path.home() / ".cache" / "clipmc")))

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny CLIP-MC (same code, small widths) and small synthetic inputs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Nothing in the tests may reach the network: make any hub access fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from model import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model):
+    """A saved tiny checkpoint whose MC head is switched on (alpha != 0), so modality matters."""
+    from model import build_model, save_checkpoint
+
+    torch.manual_seed(1)
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.mc.alpha.fill_(0.7)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model, path, note="test fixture")
+    return path
+
+
+def random_images(n: int, h: int = 288, w: int = 144, seed: int | None = None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.randn(n, 3, h, w, generator=g)
