@@ -1,0 +1,227 @@
+"""Request and response shapes (DESIGN.md section 8): clients and tests rely on them, keep them.
+
+The request models validate both content types of an endpoint: the multipart form fields (after
+splitting comma lists) and the JSON body go through the same model, so both get the same checks and
+the same error messages.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TOP_K = 1000
+Modality = Literal["visible", "infrared"]
+MODALITY_CODES: dict[str, int] = {"visible": 0, "infrared": 1}
+MODALITY_NAMES = ("visible", "infrared")
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from a number, a numeric string or ISO 8601 (a naive time is taken as UTC)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected epoch seconds or an ISO 8601 time, got a boolean")
+    if isinstance(value, (int, float)):
+        ts = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            ts = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            ts = moment.timestamp()
+    else:
+        raise ValueError(f"expected epoch seconds or an ISO 8601 time, got {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise ValueError("time must be finite")
+    return ts
+
+
+def _label(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a string or an integer, got a boolean")
+    return str(value) if isinstance(value, int) else value
+
+
+def _camera_list(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+        return value or None
+    if isinstance(value, (list, tuple)):
+        return [_label(v) for v in value]
+    return value
+
+
+class QueryParams(BaseModel):
+    """Fields of ``POST /query`` (multipart form fields or a JSON body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: Modality = Field("infrared", description="modality of the query crop")
+    target_modality: Literal["opposite", "visible", "infrared", "any"] = Field(
+        "opposite", description="which gallery items to search"
+    )
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    cameras: list[str] | None = Field(None, description="only these cameras (comma list in multipart)")
+    exclude_cameras: list[str] | None = Field(None, description="not these cameras (comma list in multipart)")
+    since: float | None = Field(None, description="epoch seconds or ISO 8601 (inclusive)")
+    until: float | None = Field(None, description="epoch seconds or ISO 8601 (inclusive)")
+
+    @field_validator("cameras", "exclude_cameras", mode="before")
+    @classmethod
+    def _cameras(cls, value: Any) -> Any:
+        return _camera_list(value)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _times(cls, value: Any) -> float | None:
+        return parse_time(value)
+
+    @model_validator(mode="after")
+    def _range(self) -> QueryParams:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError("since is after until")
+        return self
+
+    def target_code(self) -> int | None:
+        """Gallery modality to search (None: both)."""
+        if self.target_modality == "any":
+            return None
+        if self.target_modality == "opposite":
+            return 1 - MODALITY_CODES[self.modality]
+        return MODALITY_CODES[self.target_modality]
+
+
+class QueryJSON(QueryParams):
+    """``POST /query`` as JSON: the same fields plus the crop in base64."""
+
+    image_base64: str = Field(..., description="the crop (JPEG, PNG, ...) in base64, or a data: URL")
+
+
+class IngestItem(BaseModel):
+    """One crop's metadata in ``POST /gallery/ingest``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str | None = Field(None, max_length=512, description="idempotency key (e.g. a file path)")
+    modality: Modality
+    camera: str | None = Field(None, max_length=256)
+    timestamp: float | None = Field(None, description="epoch seconds or ISO 8601")
+    track_id: str | None = Field(None, max_length=256)
+    identity: str | None = Field(None, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("external_id", "camera", "track_id", "identity", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        return _label(value)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> float | None:
+        return parse_time(value)
+
+
+class IngestItemJSON(IngestItem):
+    image_base64: str = Field(..., description="the crop in base64, or a data: URL")
+
+
+class IngestJSON(BaseModel):
+    """``POST /gallery/ingest`` as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[IngestItemJSON] = Field(..., min_length=1)
+
+
+class QueryResult(BaseModel):
+    id: int
+    external_id: str | None
+    score: float
+    modality: Modality
+    camera: str | None
+    timestamp: float | None
+    track_id: str | None
+    identity: str | None
+    metadata: dict[str, Any]
+
+
+class QueryResponse(BaseModel):
+    query_modality: Modality
+    results: list[QueryResult] = Field(description="best first")
+    took_ms: float
+
+
+class IngestResponse(BaseModel):
+    ids: list[int] = Field(description="gallery ids, in the order of the request's items")
+    created: int
+    existing: int
+
+
+class ItemResponse(BaseModel):
+    id: int
+    external_id: str | None
+    modality: Modality
+    camera: str | None
+    timestamp: float | None
+    track_id: str | None
+    identity: str | None
+    metadata: dict[str, Any]
+
+
+class DeleteResponse(BaseModel):
+    id: int
+    deleted: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# Multipart bodies, for the OpenAPI document only (the handlers read the form themselves).
+QUERY_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "the query crop"},
+        "modality": {"type": "string", "enum": ["infrared", "visible"], "default": "infrared"},
+        "target_modality": {
+            "type": "string",
+            "enum": ["opposite", "visible", "infrared", "any"],
+            "default": "opposite",
+        },
+        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 10},
+        "cameras": {"type": "string", "description": "comma-separated camera ids"},
+        "exclude_cameras": {"type": "string", "description": "comma-separated camera ids"},
+        "since": {"type": "string", "description": "epoch seconds or ISO 8601"},
+        "until": {"type": "string", "description": "epoch seconds or ISO 8601"},
+    },
+}
+
+INGEST_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["images", "items"],
+    "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "the crops"},
+        "items": {
+            "type": "string",
+            "description": "JSON array of IngestItem objects, one per image, in the same order",
+        },
+    },
+}
