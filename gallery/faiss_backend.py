@@ -1,0 +1,752 @@
+"""The default back-end: SQLite as the source of truth, FAISS as a rebuildable search cache.
+
+Directory layout (``path/``):
+
+- ``gallery.sqlite3`` (+ ``-wal``, ``-shm``): items, vectors, meta (dim, embedding_version) and the
+  change sequence. A batch is durable when ``add`` returns.
+- ``index.faiss`` + ``index.meta.json``: the last index snapshot and the change sequence it covers.
+  On open the snapshot is loaded and the changes after it are replayed; a missing, unreadable or
+  inconsistent snapshot is rebuilt from the database. Losing them loses nothing.
+- ``gallery.lock``: held (``flock``) by the one process that may write.
+
+Concurrency: writers are serialised by a mutex and commit to SQLite without blocking searches; the
+in-memory index and filter columns change under the exclusive side of a readers-writer lock, so a
+search sees a batch entirely or not at all. Removals and label updates also hold the exclusive side
+across their commit, so a search never returns an item that is no longer stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery
+from gallery.errors import (
+    DimensionMismatchError,
+    GalleryError,
+    GalleryStateError,
+    ItemNotFoundError,
+    VersionMismatchError,
+)
+from gallery.index import MIN_IVF_ITEMS, IndexConfig, IndexKind, VectorIndex, gpu_available
+from gallery.items import AddResult, Filters, Item, SearchHit, normalize_update
+from gallery.rwlock import RWLock
+from gallery.store import SCHEMA_VERSION, Columns, SQLiteStore
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "gallery.sqlite3"
+INDEX_NAME = "index.faiss"
+INDEX_META_NAME = "index.meta.json"
+LOCK_NAME = "gallery.lock"
+SNAPSHOT_FORMAT = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_durably(path: Path, write: Any) -> None:
+    """Write to ``path.tmp`` via ``write(tmp_path)``, fsync it, and rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _lock_directory(path: Path) -> int | None:
+    """Take the gallery's writer lock, or fail clearly if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no inter-process guard
+        logger.warning("no fcntl on this platform: nothing stops two processes writing %s", path)
+        return None
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GalleryStateError(
+            f"the gallery at {path} is open for writing in another process; close it there first "
+            "(or open this one with read_only=True)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class _FilterColumns:
+    """The filterable fields of the indexed items as arrays indexed by item id.
+
+    A filter becomes a boolean mask over ids in a few vectorised NumPy operations, which FAISS then
+    reads as an ``IDSelectorBitmap``.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.alive = np.zeros(0, dtype=bool)
+        self.modality = np.zeros(0, dtype=np.int8)
+        self.camera = np.zeros(0, dtype=np.int32)
+        self.timestamp = np.zeros(0, dtype=np.float64)
+        self.has_identity = np.zeros(0, dtype=bool)
+        self.codes: dict[str, int] = {}
+        self.count = 0
+
+    def _ensure(self, max_id: int) -> None:
+        if max_id < len(self.alive):
+            return
+        size = max(max_id + 1, len(self.alive) * 3 // 2 + 1024)
+        grow = size - len(self.alive)
+        self.alive = np.concatenate([self.alive, np.zeros(grow, dtype=bool)])
+        self.modality = np.concatenate([self.modality, np.zeros(grow, dtype=np.int8)])
+        self.camera = np.concatenate([self.camera, np.full(grow, -1, dtype=np.int32)])
+        self.timestamp = np.concatenate([self.timestamp, np.full(grow, np.nan)])
+        self.has_identity = np.concatenate([self.has_identity, np.zeros(grow, dtype=bool)])
+
+    def _code(self, camera: str | None) -> int:
+        return -1 if camera is None else self.codes.setdefault(camera, len(self.codes))
+
+    def put(
+        self,
+        ids: np.ndarray,
+        modality: np.ndarray,
+        cameras: Sequence[str | None],
+        timestamps: np.ndarray,
+        has_identity: np.ndarray,
+    ) -> None:
+        if not len(ids):
+            return
+        self._ensure(int(ids.max()))
+        self.count += int((~self.alive[ids]).sum())
+        self.alive[ids] = True
+        self.modality[ids] = modality
+        self.camera[ids] = np.fromiter((self._code(c) for c in cameras), dtype=np.int32, count=len(ids))
+        self.timestamp[ids] = timestamps
+        self.has_identity[ids] = has_identity
+
+    def put_items(self, ids: np.ndarray, items: Sequence[Item]) -> None:
+        self.put(
+            ids,
+            np.fromiter((int(item.modality) for item in items), dtype=np.int8, count=len(items)),
+            [item.camera for item in items],  # type: ignore[misc]
+            np.fromiter(
+                (np.nan if item.timestamp is None else item.timestamp for item in items),
+                dtype=np.float64,
+                count=len(items),
+            ),
+            np.fromiter((item.identity is not None for item in items), dtype=bool, count=len(items)),
+        )
+
+    def load(self, columns: Columns) -> None:
+        self.reset()
+        self.put(columns.ids, columns.modality, columns.camera, columns.timestamp, columns.has_identity)
+
+    def kill(self, ids: Sequence[int]) -> None:
+        ids_array = np.asarray(ids, dtype=np.int64)
+        ids_array = ids_array[ids_array < len(self.alive)]
+        self.count -= int(self.alive[ids_array].sum())
+        self.alive[ids_array] = False
+
+    def update(self, item_id: int, fields: dict[str, Any]) -> None:
+        if item_id >= len(self.alive) or not self.alive[item_id]:
+            return
+        if "camera" in fields:
+            self.camera[item_id] = self._code(fields["camera"])
+        if "timestamp" in fields:
+            self.timestamp[item_id] = np.nan if fields["timestamp"] is None else fields["timestamp"]
+        if "identity" in fields:
+            self.has_identity[item_id] = fields["identity"] is not None
+
+    def mask(self, filters: Filters) -> tuple[np.ndarray | None, int]:
+        """(mask over ids or None for "everything", how many items pass)."""
+        if filters.is_empty():
+            return None, self.count
+        mask = self.alive.copy()
+        if filters.modality is not None:
+            mask &= self.modality == filters.modality
+        if filters.cameras is not None:
+            codes = [self.codes[c] for c in filters.cameras if c in self.codes]
+            mask &= np.isin(self.camera, codes)
+        if filters.exclude_cameras is not None:
+            codes = [self.codes[c] for c in filters.exclude_cameras if c in self.codes]
+            mask &= ~np.isin(self.camera, codes)
+        with np.errstate(invalid="ignore"):  # NaN (no timestamp) never passes a time bound
+            if filters.since is not None:
+                mask &= self.timestamp >= filters.since
+            if filters.until is not None:
+                mask &= self.timestamp <= filters.until
+        if filters.has_identity is not None:
+            mask &= self.has_identity == bool(filters.has_identity)
+        return mask, int(mask.sum())
+
+    def summary(self) -> dict[str, Any]:
+        alive = self.alive
+        cameras = np.unique(self.camera[alive])
+        return {
+            "by_modality": {
+                "visible": int((alive & (self.modality == 0)).sum()),
+                "infrared": int((alive & (self.modality == 1)).sum()),
+            },
+            "cameras": int((cameras >= 0).sum()),
+            "with_identity": int((alive & self.has_identity).sum()),
+            "with_timestamp": int((alive & ~np.isnan(self.timestamp)).sum()),
+        }
+
+
+class FaissGallery(BaseGallery):
+    """A gallery in a directory: SQLite for durability, FAISS (CPU, GPU when available) for search.
+
+    ``dim`` and ``embedding_version`` are required to create a gallery; when opening an existing one
+    they may be None (take what is stored) or must match it (:class:`DimensionMismatchError`,
+    :class:`VersionMismatchError`). ``index`` configures the FAISS index (:class:`IndexConfig` or a
+    dict of its fields). ``snapshot_every`` writes an index snapshot after that many added or removed
+    items (0: only on ``snapshot()``, ``rebuild()`` and ``close()``). ``read_only`` opens without the
+    writer lock (for inspecting a gallery a service is using); its index is built on first search.
+    """
+
+    backend = "faiss"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        dim: int | None = None,
+        embedding_version: str | None = None,
+        *,
+        index: IndexConfig | dict[str, Any] | None = None,
+        read_only: bool = False,
+        snapshot_every: int = 50_000,
+        snapshot_on_close: bool = True,
+        norm_tolerance: float | None = DEFAULT_NORM_TOLERANCE,
+    ) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self.config = index if isinstance(index, IndexConfig) else IndexConfig(**(index or {}))
+        self.snapshot_every = int(snapshot_every)
+        self.snapshot_on_close = snapshot_on_close
+        self.norm_tolerance = norm_tolerance
+        self._rw_lock_fd: int | None = None
+        self._closed = False
+        self._write_lock = threading.RLock()
+        self._rw = RWLock()
+        self._columns = _FilterColumns()
+        self._index: VectorIndex | None = None
+        self._applied_seq = 0
+        self._snapshot_seq = 0
+        self._changes_since_snapshot = 0
+
+        if read_only:
+            if not (self.path / DATABASE_NAME).is_file():
+                raise GalleryError(f"no gallery at {self.path} (no {DATABASE_NAME})")
+        else:
+            if self.path.exists() and not self.path.is_dir():
+                raise GalleryError(f"{self.path} exists and is not a directory")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._rw_lock_fd = _lock_directory(self.path)
+        try:
+            self._store = SQLiteStore(self.path / DATABASE_NAME, read_only=read_only)
+            self._open_meta(dim, embedding_version)
+            with self._write_lock, self._store.read_transaction():
+                self._columns.load(self._store.columns())
+                self._applied_seq = self._store.max_seq()
+                if not read_only:
+                    self._open_index()
+        except BaseException:
+            self._release()
+            raise
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def _open_meta(self, dim: int | None, embedding_version: str | None) -> None:
+        meta = self._store.meta()
+        if not meta:
+            if self.read_only:
+                raise GalleryError(f"{self.path} is not an initialised gallery")
+            if dim is None or embedding_version is None:
+                raise GalleryError(f"creating a gallery at {self.path} needs dim and embedding_version")
+            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+                raise GalleryError(f"dim must be a positive integer, got {dim!r}")
+            if not isinstance(embedding_version, str) or not embedding_version.strip():
+                raise GalleryError("embedding_version must be a non-empty string")
+            self._store.init_meta(int(dim), embedding_version)
+            _fsync_dir(self.path)
+            logger.info("created gallery %s (dim %d, embedding_version %s)", self.path, dim, embedding_version)
+            meta = self._store.meta()
+        if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise GalleryStateError(
+                f"{self.path} has gallery schema {meta.get('schema_version')!r}, this code reads {SCHEMA_VERSION}"
+            )
+        self.dim = int(meta["dim"])
+        self.embedding_version = meta["embedding_version"]
+        if dim is not None and int(dim) != self.dim:
+            raise DimensionMismatchError(f"the gallery at {self.path} holds dimension {self.dim}, not {dim}")
+        if embedding_version is not None and embedding_version != self.embedding_version:
+            raise VersionMismatchError(
+                f"the gallery at {self.path} holds embedding_version {self.embedding_version!r}, "
+                f"not {embedding_version!r}"
+            )
+
+    def _wanted_kind(self, count: int, current: IndexKind | None) -> IndexKind:
+        # In auto mode an IVF index stays IVF (built on purpose, or the gallery was once big enough):
+        # a gallery hovering around the threshold is not rebuilt back and forth. ``rebuild("flat")``
+        # goes back.
+        if self.config.kind == "auto" and current == "ivf":
+            return "ivf"
+        return self.config.kind_for(count)
+
+    def _open_index(self) -> None:
+        """Load the snapshot and replay what came after it, or rebuild (caller holds the write lock)."""
+        for leftover in (self.path / (INDEX_NAME + ".tmp"), self.path / (INDEX_META_NAME + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        started = time.perf_counter()
+        index, reason = self._load_snapshot()
+        rebuilt = index is None
+        if index is not None and self._wanted_kind(self._columns.count, index.kind) != index.kind:
+            reason = f"the gallery now wants a {self._wanted_kind(self._columns.count, index.kind)} index"
+            index, rebuilt = None, True
+        if index is None:
+            logger.info("building the gallery index from the database (%s)", reason)
+            index = self._build_index(self._wanted_kind(self._columns.count, None), in_transaction=True)
+        self._install(index)
+        self._index = index
+        logger.info(
+            "gallery %s: %d items, %s index ready in %.2fs",
+            self.path,
+            index.ntotal,
+            index.kind,
+            time.perf_counter() - started,
+        )
+        if rebuilt and not self.read_only:
+            self._write_snapshot()
+
+    def _load_snapshot(self) -> tuple[VectorIndex | None, str]:
+        """The snapshot brought up to date by replay, or (None, why not)."""
+        meta_path, index_path = self.path / INDEX_META_NAME, self.path / INDEX_NAME
+        if not meta_path.is_file() or not index_path.is_file():
+            return None, "no index snapshot"
+        try:
+            meta = json.loads(meta_path.read_text())
+            seq = int(meta["seq"])
+            checks = {
+                "format": meta["format"] == SNAPSHOT_FORMAT,
+                "dim": meta["dim"] == self.dim,
+                "embedding_version": meta["embedding_version"] == self.embedding_version,
+                "size": meta["index_bytes"] == index_path.stat().st_size,
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return None, f"unreadable snapshot metadata: {exc}"
+        failed = [name for name, ok in checks.items() if not ok]
+        if failed:
+            return None, f"snapshot does not match ({', '.join(failed)})"
+        if seq > self._applied_seq:
+            return None, f"snapshot covers change {seq} but the database ends at {self._applied_seq}"
+        try:
+            index = VectorIndex.load(index_path, nprobe=self.config.nprobe)
+        except (RuntimeError, GalleryError) as exc:
+            return None, f"unreadable snapshot: {exc}"
+        if index.dim != self.dim:
+            return None, "snapshot has another dimension"
+        index.recall_at_10 = meta.get("recall_at_10")
+        # Replay. Removing every touched id before re-adding the live ones makes this idempotent, so it
+        # is also right when the snapshot already holds some of these changes.
+        removed = self._store.tombstones_after(seq)
+        added = self._store.ids_added_after(seq)
+        index.remove(sorted(set(removed) | set(added)))
+        ids, vectors = self._store.vectors_by_id(added, self.dim)
+        index.add(ids, vectors)
+        if not np.array_equal(index.ids(), self._columns_ids()):
+            return None, "snapshot disagrees with the database after replay"
+        self._snapshot_seq = seq
+        self._changes_since_snapshot = len(removed) + len(added)
+        logger.info(
+            "loaded index snapshot at change %d, replayed %d adds and %d removals", seq, len(added), len(removed)
+        )
+        return index, ""
+
+    def _columns_ids(self) -> np.ndarray:
+        return np.flatnonzero(self._columns.alive).astype(np.int64)
+
+    def _build_index(self, kind: IndexKind, *, in_transaction: bool = False) -> VectorIndex:
+        """A new index of ``kind`` over every stored vector."""
+        count = self._columns.count
+        started = time.perf_counter()
+        if kind == "flat":
+            index = VectorIndex.flat(self.dim)
+        else:
+            if count < MIN_IVF_ITEMS:
+                raise GalleryError(f"an IVF index needs at least {MIN_IVF_ITEMS} items, the gallery has {count}")
+            nlist = self.config.nlist_for(count)
+            train_size = min(count, self.config.train_size or 40 * nlist)
+            rng = np.random.default_rng(self.config.seed)
+            sample_ids = rng.choice(self._columns_ids(), size=train_size, replace=False)
+            _, training = self._store.vectors_by_id(sample_ids.tolist(), self.dim)
+            logger.info("training IVF (%d lists) on %d vectors", nlist, len(training))
+            index = VectorIndex.ivf(
+                self.dim,
+                training,
+                nlist,
+                nprobe=self.config.nprobe,
+                iterations=self.config.kmeans_iterations,
+                seed=self.config.seed,
+            )
+        with tqdm(total=count, desc=f"gallery {kind} index", unit="vec", disable=None, leave=False) as bar:
+            for ids, vectors in self._store.iter_vectors(self.dim, in_transaction=in_transaction):
+                index.add(ids, vectors)
+                bar.update(len(ids))
+        if kind == "ivf":
+            index.recall_at_10 = self._measure_recall(index)
+        logger.info("built %s index of %d vectors in %.1fs", kind, index.ntotal, time.perf_counter() - started)
+        return index
+
+    def _measure_recall(self, index: VectorIndex) -> float | None:
+        """Recall@10 of the IVF index at its nprobe against exhaustive search (every list scanned).
+
+        Queries are stored vectors; each query's own item is left out of both lists.
+        """
+        ids = self._columns_ids()
+        n = min(self.config.recall_queries, len(ids))
+        if n == 0 or len(ids) < 12:
+            return None
+        rng = np.random.default_rng(self.config.seed + 1)
+        query_ids, queries = self._store.vectors_by_id(rng.choice(ids, size=n, replace=False).tolist(), self.dim)
+        import faiss
+
+        exact = index.cpu.search(queries, 11, params=faiss.SearchParametersIVF(nprobe=index.cpu.nlist))[1]
+        approx = index.cpu.search(queries, 11, params=faiss.SearchParametersIVF(nprobe=index.nprobe))[1]
+        hits = 0
+        for own, truth, found in zip(query_ids, exact, approx, strict=True):
+            truth_set = set(truth[truth != own][:10].tolist())
+            hits += len(truth_set & set(found[found != own][:10].tolist()))
+        recall = hits / (10 * n)
+        logger.info("IVF recall@10 at nprobe=%d: %.3f (%d queries)", index.nprobe, recall, n)
+        return recall
+
+    def _install(self, index: VectorIndex) -> None:
+        """Put a GPU copy in front of the index when asked for and possible."""
+        wanted = self.config.use_gpu
+        if wanted is False:
+            return
+        if not gpu_available():
+            if wanted:
+                logger.warning("use_gpu=True but this FAISS build sees no GPU: searching on the CPU")
+            return
+        index.to_gpu(self.config.gpu_device)
+
+    def _ensure_index(self) -> VectorIndex:
+        if self._index is None:  # read-only galleries build theirs on first use
+            with self._write_lock:
+                if self._index is None:
+                    with self._store.read_transaction():
+                        self._columns.load(self._store.columns())
+                        self._applied_seq = self._store.max_seq()
+                        self._open_index()
+        assert self._index is not None
+        return self._index
+
+    # -- state checks -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryStateError(f"the gallery at {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise GalleryStateError(f"the gallery at {self.path} is open read-only")
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def add(self, items: Iterable[Item], *, embedding_version: str | None = None, keep_ids: bool = False) -> AddResult:
+        """Store a batch in one transaction; durable when this returns. Idempotent on ``external_id``.
+
+        An item whose ``external_id`` is already stored (or appeared earlier in the batch) is not
+        stored again; its existing id is returned and it counts as ``existing`` (its contents are not
+        compared). ``keep_ids=True`` (imports) stores each item under its own ``id``.
+        """
+        self._check_writable()
+        self._check_version(embedding_version)
+        batch = list(items)
+        if not batch:
+            return AddResult(ids=[], created=0, existing=0)
+        vectors = self._item_vectors(batch)
+        with self._write_lock:
+            self._check_writable()
+            ids, created, seq = self._store.insert_batch(batch, vectors, keep_ids=keep_ids)
+            n_created = int(created.sum())
+            if seq is not None:
+                new_ids = np.asarray(ids, dtype=np.int64)[created]
+                try:
+                    with self._rw.write():
+                        assert self._index is not None
+                        self._index.add(new_ids, vectors[created])
+                        self._columns.put_items(new_ids, [batch[i] for i in np.flatnonzero(created)])
+                        self._applied_seq = seq
+                except Exception:
+                    # The batch is committed; only the cache is off. Rebuild it from the database.
+                    logger.exception("updating the index after a committed add failed; rebuilding it")
+                    self._reload_from_store()
+                self._changes_since_snapshot += n_created
+                self._after_write()
+        return AddResult(ids=ids, created=n_created, existing=len(ids) - n_created)
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete items by id (unknown ids are ignored); returns how many were removed."""
+        self._check_writable()
+        wanted = self._check_ids(ids)
+        if not wanted:
+            return 0
+        with self._write_lock:
+            self._check_writable()
+            with self._rw.write():
+                removed, seq = self._store.delete(wanted)
+                if seq is None:
+                    return 0
+                try:
+                    assert self._index is not None
+                    self._index.remove(removed)
+                    self._columns.kill(removed)
+                    self._applied_seq = seq
+                except Exception:
+                    logger.exception("updating the index after a committed removal failed; rebuilding it")
+                    self._reload_from_store(holding_rw=True)
+            self._changes_since_snapshot += len(removed)
+            self._after_write()
+        return len(removed)
+
+    def update(self, item_id: int, **fields: Any) -> Item:
+        """Change an item's camera, timestamp, track_id, identity or metadata (not its vector)."""
+        self._check_writable()
+        (item_id,) = self._check_ids([item_id])
+        values = normalize_update(fields)
+        with self._write_lock:
+            self._check_writable()
+            with self._rw.write():
+                seq = self._store.update(item_id, values)
+                self._columns.update(item_id, values)
+                self._applied_seq = seq
+        item = self.get(item_id)
+        if item is None:  # removed by nobody: we hold the write lock above, so this is a bug
+            raise ItemNotFoundError(f"no item with id {item_id}")
+        return item
+
+    def _after_write(self) -> None:
+        """Switch index kind when the size calls for it; snapshot when enough has changed."""
+        assert self._index is not None
+        wanted = self._wanted_kind(self._columns.count, self._index.kind)
+        if wanted != self._index.kind:
+            logger.info("gallery reached %d items: switching to a %s index", self._columns.count, wanted)
+            self._rebuild_locked(wanted)
+        elif self.snapshot_every and self._changes_since_snapshot >= self.snapshot_every:
+            self._write_snapshot()
+
+    def _reload_from_store(self, *, holding_rw: bool = False) -> None:
+        """Rebuild columns and index from the database (after an in-memory update failed)."""
+        with self._store.read_transaction():
+            columns = self._store.columns()
+            applied = self._store.max_seq()
+        lock = contextlib.nullcontext() if holding_rw else self._rw.write()
+        with lock:
+            self._columns.load(columns)
+            self._applied_seq = applied
+            kind = self._index.kind if self._index is not None else self._wanted_kind(self._columns.count, None)
+            index = self._build_index(kind)
+            self._install(index)
+            self._index = index
+
+    def _rebuild_locked(self, kind: IndexKind) -> VectorIndex:
+        """Build a new index while searches go on against the old one, then swap (holds the write lock)."""
+        new = self._build_index(kind)
+        self._install(new)
+        with self._rw.write():
+            old, self._index = self._index, new
+        if old is not None:
+            old.release_gpu()
+        if not self.read_only:
+            self._write_snapshot()
+        return new
+
+    def rebuild(self, kind: str | None = None) -> dict[str, Any]:
+        """Rebuild the index from the database (``flat``, ``ivf``, or None for what the config says)."""
+        self._check_open()
+        if kind is not None and kind not in ("flat", "ivf"):
+            raise GalleryError(f"index kind must be 'flat' or 'ivf', got {kind!r}")
+        with self._write_lock:
+            self._ensure_index()
+            target: IndexKind = kind or self._wanted_kind(self._columns.count, None)  # type: ignore[assignment]
+            return self._rebuild_locked(target).describe()
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Write the index snapshot now; returns what it covers."""
+        self._check_writable()
+        with self._write_lock:
+            self._ensure_index()
+            return self._write_snapshot()
+
+    def _write_snapshot(self) -> dict[str, Any]:
+        """Index first, then its metadata, each written to a temporary file, fsync'd and renamed.
+
+        A crash between the two renames leaves a newer index with older metadata: the size check or
+        the idempotent replay on the next open copes with that. Tombstones the snapshot covers are
+        pruned only after both renames.
+        """
+        assert self._index is not None
+        index, seq = self._index, self._applied_seq
+        started = time.perf_counter()
+        index_path, meta_path = self.path / INDEX_NAME, self.path / INDEX_META_NAME
+        _write_durably(index_path, index.save)
+        meta = {
+            "format": SNAPSHOT_FORMAT,
+            "seq": seq,
+            "dim": self.dim,
+            "embedding_version": self.embedding_version,
+            "kind": index.kind,
+            "ntotal": index.ntotal,
+            "nlist": index.nlist,
+            "recall_at_10": index.recall_at_10,
+            "index_bytes": index_path.stat().st_size,
+            "written_at": time.time(),
+        }
+        _write_durably(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        _fsync_dir(self.path)
+        self._store.prune_tombstones(seq)
+        self._snapshot_seq = seq
+        self._changes_since_snapshot = 0
+        logger.info(
+            "wrote index snapshot at change %d (%d vectors) in %.2fs", seq, index.ntotal, time.perf_counter() - started
+        )
+        return {"seq": seq, "ntotal": index.ntotal, "kind": index.kind, "path": str(index_path)}
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def get(self, item_id: int, *, with_vector: bool = True) -> Item | None:
+        self._check_open()
+        (item_id,) = self._check_ids([item_id])
+        return self._store.get_items([item_id], self.dim, with_vectors=with_vector).get(item_id)
+
+    def search(
+        self,
+        vectors: np.ndarray | Sequence[float],
+        top_k: int = 10,
+        filters: Filters | None = None,
+        *,
+        embedding_version: str | None = None,
+        with_vectors: bool = False,
+    ) -> list[list[SearchHit]]:
+        self._check_open()
+        self._check_version(embedding_version)
+        queries = self._query_vectors(vectors)
+        top_k = self._check_top_k(top_k)
+        if filters is None:
+            filters = Filters()
+        elif not isinstance(filters, Filters):
+            raise GalleryError(f"filters must be a gallery.Filters, got {type(filters).__name__}")
+        self._ensure_index()
+        with self._rw.read():
+            index = self._index
+            assert index is not None
+            mask, available = self._columns.mask(filters)
+            scores, labels = index.search(queries, top_k, mask, available)
+            found = labels[labels >= 0]
+            items = self._store.get_items(np.unique(found).tolist(), self.dim, with_vectors=with_vectors)
+        results: list[list[SearchHit]] = []
+        for row_scores, row_labels in zip(scores, labels, strict=True):
+            hits = []
+            for score, label in zip(row_scores, row_labels, strict=True):
+                if label < 0:
+                    continue
+                item = items.get(int(label))
+                if item is None:
+                    logger.error("index holds id %d that the database does not", label)
+                    continue
+                hits.append(SearchHit(id=int(label), score=float(score), item=item))
+            results.append(hits)
+        return results
+
+    def iter_items(self, batch_size: int = 10000, *, with_vectors: bool = True) -> Iterator[list[Item]]:
+        self._check_open()
+        yield from self._store.iter_items(self.dim, batch_size, with_vectors=with_vectors)
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        with self._rw.read():
+            count = self._columns.count
+            summary = self._columns.summary()
+            index = self._index.describe() if self._index is not None else None
+            applied, snap, pending = self._applied_seq, self._snapshot_seq, self._changes_since_snapshot
+        database_bytes = sum(p.stat().st_size for p in self.path.glob(DATABASE_NAME + "*") if p.is_file())
+        return {
+            "backend": self.backend,
+            "path": str(self.path),
+            "count": count,
+            "dim": self.dim,
+            "embedding_version": self.embedding_version,
+            **summary,
+            "index": index,
+            "seq": applied,
+            "snapshot_seq": snap,
+            "changes_since_snapshot": pending,
+            "read_only": self.read_only,
+            "database_bytes": database_bytes,
+        }
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        with self._write_lock:
+            if self._closed:
+                return
+            if (
+                self.snapshot_on_close
+                and not self.read_only
+                and self._index is not None
+                and (self._applied_seq != self._snapshot_seq or self._changes_since_snapshot)
+            ):
+                try:
+                    self._write_snapshot()
+                except Exception:  # the database is intact; the next open replays instead
+                    logger.exception("could not write the index snapshot on close")
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._index is not None:
+            self._index.release_gpu()
+        self._index = None
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
+        if self._rw_lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._rw_lock_fd)  # closing the descriptor drops the flock
+            self._rw_lock_fd = None
+        self._closed = True
+
+    def __repr__(self) -> str:
+        dim, version = getattr(self, "dim", None), getattr(self, "embedding_version", None)
+        return f"FaissGallery({str(self.path)!r}, dim={dim}, embedding_version={version!r})"

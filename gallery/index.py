@@ -1,0 +1,277 @@
+"""The FAISS side of the gallery: a rebuildable search cache over the SQLite store.
+
+Two kinds of index, both keyed by the store's item ids and both able to delete:
+
+- ``flat``: exact inner product, ``IndexIDMap2(IndexFlatIP)``. The default.
+- ``ivf``: ``IndexIVFFlat`` (inner product, spherical k-means) holding the ids itself. Approximate,
+  for large galleries; its recall@10 against exact search is measured when it is built. (Not wrapped
+  in ``IndexIDMap2``: that wrapper's ``remove_ids`` assumes the sub-index renumbers like a flat index,
+  which IVF does not. HNSW is not offered: FAISS's HNSW cannot delete.)
+
+Filters arrive as a boolean mask indexed by item id and become a ``faiss.IDSelectorBitmap``, so FAISS
+skips non-matching items while it searches and the top-k is taken over matching items only.
+
+When FAISS has GPU support and a GPU is present, a GPU copy serves searches. The CPU index stays the
+master copy because GPU indexes can neither delete nor be written to disk: adds go to both, a delete
+re-copies the CPU index to the GPU, snapshots are written from the CPU index. GPU indexes take no
+ID selector, so a filtered search on the GPU over-fetches and drops non-matching hits, and any query
+left with fewer hits than it should have is answered again on the CPU with the selector.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from gallery.errors import GalleryError
+
+logger = logging.getLogger(__name__)
+
+IndexKind = Literal["flat", "ivf"]
+#: FAISS wants at least 39 training points per IVF list; below this a gallery stays flat.
+MIN_IVF_ITEMS = 39
+#: The most results a FAISS GPU index returns for one query.
+GPU_MAX_K = 2048
+#: How many more hits than asked a filtered GPU search fetches before falling back to the CPU.
+GPU_OVERFETCH = 8
+
+
+@dataclass
+class IndexConfig:
+    """How the gallery indexes its vectors.
+
+    ``kind="auto"`` uses the exact flat index below ``ivf_threshold`` items and IVF from there on (an
+    IVF index is kept once built).
+    ``nlist`` defaults to about sqrt(n) lists (at least 16, and at least 39 training points per list);
+    ``train_size`` to 40 points per list; ``nprobe`` is how many lists a query scans (more: slower,
+    better recall). ``use_gpu=None`` uses a GPU when FAISS can.
+    """
+
+    kind: Literal["auto", "flat", "ivf"] = "auto"
+    ivf_threshold: int = 1_000_000
+    nlist: int | None = None
+    nprobe: int = 32
+    train_size: int | None = None
+    kmeans_iterations: int = 10
+    use_gpu: bool | None = None
+    gpu_device: int = 0
+    recall_queries: int = 100
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "flat", "ivf"):
+            raise GalleryError(f"index kind must be 'auto', 'flat' or 'ivf', got {self.kind!r}")
+        for name in ("ivf_threshold", "nprobe", "kmeans_iterations"):
+            if int(getattr(self, name)) < 1:
+                raise GalleryError(f"{name} must be at least 1")
+        if self.nlist is not None and self.nlist < 1:
+            raise GalleryError("nlist must be at least 1")
+
+    def kind_for(self, count: int) -> IndexKind:
+        """The index kind to use for a gallery of ``count`` items (flat while too small to train IVF)."""
+        wanted: IndexKind = "flat"
+        if self.kind == "ivf" or (self.kind == "auto" and count >= self.ivf_threshold):
+            wanted = "ivf"
+        return "flat" if count < MIN_IVF_ITEMS else wanted
+
+    def nlist_for(self, count: int) -> int:
+        default = min(65536, max(16, round(math.sqrt(max(count, 1)))))
+        wanted = self.nlist if self.nlist is not None else default
+        return max(1, min(wanted, count // MIN_IVF_ITEMS))
+
+
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def selector_from_mask(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """An ``IDSelectorBitmap`` over ids ``0..len(mask)-1``; keep the returned bitmap alive while using it."""
+    bitmap = np.packbits(mask.astype(bool, copy=False), bitorder="little")
+    return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap
+
+
+class VectorIndex:
+    """A CPU FAISS index keyed by item id, with an optional GPU mirror for searching."""
+
+    def __init__(self, cpu: faiss.Index, kind: IndexKind, *, nprobe: int = 32) -> None:
+        self.cpu = cpu
+        self.kind: IndexKind = kind
+        self.nprobe = nprobe
+        self.recall_at_10: float | None = None
+        self._gpu: Any = None
+        self._gpu_resources: Any = None
+        self._gpu_device = 0
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def flat(cls, dim: int) -> VectorIndex:
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), "flat")
+
+    @classmethod
+    def ivf(cls, dim: int, training: np.ndarray, nlist: int, *, nprobe: int, iterations: int, seed: int) -> VectorIndex:
+        """A trained, empty IVF index (spherical k-means: the vectors are unit-norm)."""
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = iterations
+        index.cp.spherical = True
+        index.cp.seed = seed
+        index.cp.max_points_per_centroid = max(1, math.ceil(len(training) / nlist))
+        index.train(np.ascontiguousarray(training, dtype=np.float32))
+        index.own_fields = True
+        quantizer.this.disown()
+        index.nprobe = nprobe
+        return cls(index, "ivf", nprobe=nprobe)
+
+    @classmethod
+    def load(cls, path: Path, *, nprobe: int) -> VectorIndex:
+        index = faiss.read_index(str(path))
+        if isinstance(index, faiss.IndexIVFFlat):
+            index.nprobe = nprobe
+            return cls(index, "ivf", nprobe=nprobe)
+        if isinstance(index, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(index.index), faiss.IndexFlatIP):
+            return cls(index, "flat", nprobe=nprobe)
+        raise GalleryError(f"{path} holds an index of an unexpected type ({type(index).__name__})")
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.cpu, str(path))
+
+    # -- GPU mirror -------------------------------------------------------------------------------
+
+    def to_gpu(self, device: int = 0) -> None:
+        """Serve searches from a GPU copy; the CPU index stays the master."""
+        if self._gpu_resources is None:
+            self._gpu_resources = faiss.StandardGpuResources()
+        self._gpu_device = device
+        self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, device, self.cpu)
+        if self.kind == "ivf":
+            faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", self.nprobe)
+        logger.info("gallery index copied to GPU %d (%d vectors)", device, self.cpu.ntotal)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu is not None
+
+    def release_gpu(self) -> None:
+        self._gpu = None
+        self._gpu_resources = None
+
+    # -- contents ---------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.cpu.d)
+
+    @property
+    def nlist(self) -> int | None:
+        return int(self.cpu.nlist) if self.kind == "ivf" else None
+
+    def ids(self) -> np.ndarray:
+        """All ids in the index, sorted."""
+        if self.kind == "flat":
+            ids = faiss.vector_to_array(self.cpu.id_map)
+        else:
+            invlists = self.cpu.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+                for lst in range(self.cpu.nlist)
+                if invlists.list_size(lst)
+            ]
+            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return np.sort(ids.astype(np.int64, copy=False))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.cpu.add_with_ids(vectors, ids)
+        if self._gpu is not None:
+            self._gpu.add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray | list[int]) -> int:
+        if not len(ids):
+            return 0
+        removed = int(self.cpu.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+        if removed and self._gpu is not None:
+            self.to_gpu(self._gpu_device)  # GPU indexes cannot delete: re-copy the master
+        return removed
+
+    # -- search -----------------------------------------------------------------------------------
+
+    def _cpu_search(
+        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, available: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "flat":
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            return self.cpu.search(queries, k, params=params)
+        # IVF only scans nprobe lists; widen the scan for queries that came back short (few matching
+        # items in the scanned lists) until they are complete or every list was scanned (exact).
+        nprobe = min(self.nprobe, self.cpu.nlist)
+        scores, labels = self.cpu.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
+        wanted = min(k, available)
+        while nprobe < self.cpu.nlist:
+            short = np.flatnonzero((labels >= 0).sum(axis=1) < wanted)
+            if not len(short):
+                break
+            nprobe = min(self.cpu.nlist, nprobe * 4)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            scores[short], labels[short] = self.cpu.search(queries[short], k, params=params)
+        return scores, labels
+
+    def search(
+        self, queries: np.ndarray, k: int, mask: np.ndarray | None, available: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query among the ids where ``mask`` is True (all when None).
+
+        ``available`` is how many items pass the mask: a query is complete when it has
+        ``min(k, available)`` hits. Missing hits are id -1.
+        """
+        k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        if self.ntotal == 0 or available == 0:
+            nq = len(queries)
+            return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+        selector, bitmap = selector_from_mask(mask) if mask is not None else (None, None)
+        if self._gpu is None:
+            scores, labels = self._cpu_search(queries, k, selector, available)
+            del bitmap
+            return scores, labels
+        # GPU indexes take no selector: over-fetch, drop what the mask rejects, redo short rows on the CPU.
+        fetch = k if mask is None else max(k, min(GPU_MAX_K, self.ntotal, k * GPU_OVERFETCH))
+        gpu_scores, gpu_labels = self._gpu.search(queries, fetch)
+        keep = gpu_labels >= 0
+        if mask is not None:
+            inside = keep & (gpu_labels < len(mask))
+            keep = inside & mask[np.where(inside, gpu_labels, 0)]
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        labels = np.full((len(queries), k), -1, dtype=np.int64)
+        for row in range(len(queries)):
+            kept = np.flatnonzero(keep[row])[:k]
+            scores[row, : len(kept)] = gpu_scores[row, kept]
+            labels[row, : len(kept)] = gpu_labels[row, kept]
+        short = np.flatnonzero((labels >= 0).sum(axis=1) < min(k, available))
+        if len(short):
+            scores[short], labels[short] = self._cpu_search(queries[short], k, selector, available)
+        del bitmap
+        return scores, labels
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "ntotal": self.ntotal,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe if self.kind == "ivf" else None,
+            "gpu": self.on_gpu,
+            "recall_at_10": self.recall_at_10,
+        }

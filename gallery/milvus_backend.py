@@ -1,0 +1,475 @@
+"""A gallery backed by Milvus, for galleries beyond one machine; same interface as the FAISS one.
+
+``path`` is either a directory (Milvus Lite: ``path/milvus.db``, Milvus's C++ core in-process, for
+development and tests) or a server URI (``http://host:19530``), in which case Milvus does the
+durability, sharding and (GPU) indexing. Needs the ``milvus`` extra: ``pymilvus<3`` and
+``milvus-lite<3`` (3.x is a pure-Python re-implementation, not Milvus).
+
+Mapping onto Milvus:
+
+- One collection per gallery; its description holds ``dim`` and ``embedding_version``.
+- Ids are assigned here, not by Milvus (``auto_id`` off), because Milvus ``upsert`` on an auto-id
+  collection gives the row a new primary key, and label updates must keep ids. They are 63-bit
+  time-ordered ids (milliseconds | random node | counter), unique across writers without
+  coordination — larger than 2**53, so JSON clients in JavaScript must read them as strings.
+- Optional fields are stored with explicit presence flags (Milvus Lite has no nullable fields).
+- Filters become a Milvus boolean expression evaluated during the search, so the top-k is taken
+  over matching items only.
+
+What Milvus does not give, and this back-end therefore does not promise: ``external_id``
+idempotency is checked then written (safe against this process's other threads, not against another
+writer process racing on the same external id), and a batch is one insert request (Milvus applies
+a request as a unit but has no multi-request transactions). Inserts are acknowledged when Milvus has
+logged them; ``snapshot()`` flushes them into sealed segments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery
+from gallery.errors import (
+    DimensionMismatchError,
+    GalleryError,
+    GalleryStateError,
+    ItemNotFoundError,
+    VersionMismatchError,
+)
+from gallery.items import (
+    MAX_EXTERNAL_ID_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_METADATA_BYTES,
+    AddResult,
+    Filters,
+    Item,
+    SearchHit,
+    normalize_update,
+    trusted_item,
+)
+
+logger = logging.getLogger(__name__)
+
+LITE_DATABASE_NAME = "milvus.db"
+DEFAULT_COLLECTION = "clipmc_gallery"
+META_MARKER = "clipmc_gallery"
+_CHUNK = 1000
+_SCALAR_FIELDS = [
+    "id",
+    "external_id",
+    "modality",
+    "camera",
+    "timestamp",
+    "has_timestamp",
+    "track_id",
+    "identity",
+    "has_identity",
+    "metadata",
+]
+#: 2024-01-01T00:00:00Z in milliseconds: the id epoch.
+_ID_EPOCH_MS = 1_704_067_200_000
+
+
+class _IdGenerator:
+    """63-bit ids: 41 bits of milliseconds since 2024, 10 random node bits, a 12-bit counter.
+
+    Unique within a process (the counter, and waiting for the next millisecond when it runs out) and,
+    with overwhelming probability, across processes (a random node number each).
+    """
+
+    def __init__(self) -> None:
+        self._node = secrets.randbits(10)
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._counter = 0
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        with self._lock:
+            while len(out) < n:
+                now = time.time_ns() // 1_000_000 - _ID_EPOCH_MS
+                if now < self._last_ms:  # the clock went back: keep counting from the last millisecond
+                    now = self._last_ms
+                if now != self._last_ms:
+                    self._last_ms, self._counter = now, 0
+                if self._counter >= 4096:
+                    time.sleep(0.0005)
+                    continue
+                out.append((now << 22) | (self._node << 12) | self._counter)
+                self._counter += 1
+        return out
+
+
+def _literal_list(values: Sequence[str | int]) -> str:
+    """A Milvus expression list literal; JSON string escaping is what Milvus's parser reads."""
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def filter_expression(filters: Filters) -> str:
+    """The Milvus boolean expression for ``filters`` ('' for no condition)."""
+    terms = []
+    if filters.modality is not None:
+        terms.append(f"modality == {int(filters.modality)}")
+    if filters.cameras is not None:
+        terms.append(f"camera in {_literal_list(filters.cameras)}" if filters.cameras else "id < 0")
+    if filters.exclude_cameras:
+        terms.append(f"camera not in {_literal_list(filters.exclude_cameras)}")
+    if filters.since is not None:
+        terms.append(f"(has_timestamp == true and timestamp >= {filters.since!r})")
+    if filters.until is not None:
+        terms.append(f"(has_timestamp == true and timestamp <= {filters.until!r})")
+    if filters.has_identity is not None:
+        terms.append(f"has_identity == {'true' if filters.has_identity else 'false'}")
+    return " and ".join(terms)
+
+
+class MilvusGallery(BaseGallery):
+    """The gallery interface over a Milvus collection (Milvus Lite for a directory ``path``)."""
+
+    backend = "milvus"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        dim: int | None = None,
+        embedding_version: str | None = None,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        token: str | None = None,
+        index_type: str = "FLAT",
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        timeout: float = 60.0,
+        read_only: bool = False,
+        norm_tolerance: float | None = DEFAULT_NORM_TOLERANCE,
+    ) -> None:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as exc:
+            raise GalleryStateError(
+                "the Milvus back-end needs pymilvus<3 and milvus-lite<3 (pip install 'clipmc[milvus]')"
+            ) from exc
+        self.norm_tolerance = norm_tolerance
+        self.read_only = read_only
+        self.collection = collection
+        self.timeout = timeout
+        self.index_type = index_type
+        self.search_params = search_params or {}
+        self._write_lock = threading.Lock()
+        self._ids = _IdGenerator()
+        self._closed = False
+        text = str(path)
+        if text.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")):
+            self.uri = text
+            self.path: Path | None = None
+        else:
+            self.path = Path(path)
+            if read_only and not (self.path / LITE_DATABASE_NAME).exists():
+                raise GalleryError(f"no Milvus Lite gallery at {self.path}")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.uri = str(self.path / LITE_DATABASE_NAME)
+        try:
+            self._client = MilvusClient(uri=self.uri, token=token or "", timeout=timeout)
+        except Exception as exc:
+            raise GalleryStateError(f"cannot connect to Milvus at {self.uri}: {exc}") from exc
+        try:
+            self._open_collection(dim, embedding_version, index_params or {})
+        except BaseException:
+            self._client.close()
+            raise
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def _open_collection(self, dim: int | None, version: str | None, index_params: dict[str, Any]) -> None:
+        client = self._client
+        if client.has_collection(self.collection, timeout=self.timeout):
+            description = client.describe_collection(self.collection, timeout=self.timeout).get("description", "")
+            try:
+                meta = json.loads(description)
+                if meta.get(META_MARKER) != 1:
+                    raise ValueError("no marker")
+                stored_dim, stored_version = int(meta["dim"]), str(meta["embedding_version"])
+            except (ValueError, KeyError, TypeError):
+                raise GalleryError(
+                    f"the Milvus collection {self.collection!r} at {self.uri} is not a clipmc gallery"
+                ) from None
+            if dim is not None and int(dim) != stored_dim:
+                raise DimensionMismatchError(f"the gallery {self.collection!r} holds dimension {stored_dim}, not {dim}")
+            if version is not None and version != stored_version:
+                raise VersionMismatchError(
+                    f"the gallery {self.collection!r} holds embedding_version {stored_version!r}, not {version!r}"
+                )
+            self.dim, self.embedding_version = stored_dim, stored_version
+            client.load_collection(self.collection, timeout=self.timeout)
+            return
+        if self.read_only:
+            raise GalleryError(f"no Milvus collection {self.collection!r} at {self.uri}")
+        if dim is None or version is None:
+            raise GalleryError("creating a gallery needs dim and embedding_version")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise GalleryError(f"dim must be a positive integer, got {dim!r}")
+        self.dim, self.embedding_version = int(dim), version
+        self._create_collection(index_params)
+
+    def _create_collection(self, index_params: dict[str, Any]) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        description = json.dumps({META_MARKER: 1, "dim": self.dim, "embedding_version": self.embedding_version})
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("external_id", DataType.VARCHAR, max_length=MAX_EXTERNAL_ID_CHARS * 4)
+        schema.add_field("modality", DataType.INT8)
+        schema.add_field("camera", DataType.VARCHAR, max_length=MAX_LABEL_CHARS * 4)
+        schema.add_field("timestamp", DataType.DOUBLE)
+        schema.add_field("has_timestamp", DataType.BOOL)
+        schema.add_field("track_id", DataType.VARCHAR, max_length=MAX_LABEL_CHARS * 4)
+        schema.add_field("identity", DataType.VARCHAR, max_length=MAX_LABEL_CHARS * 4)
+        schema.add_field("has_identity", DataType.BOOL)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        params = self._client.prepare_index_params()
+        params.add_index("vector", index_type=self.index_type, metric_type="IP", params=index_params)
+        self._client.create_collection(
+            self.collection, schema=schema, index_params=params, consistency_level="Strong", timeout=self.timeout
+        )
+        logger.info("created Milvus gallery %r at %s (dim %d)", self.collection, self.uri, self.dim)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryStateError("the gallery is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise GalleryStateError("the gallery is open read-only")
+
+    @staticmethod
+    def _row(item_id: int, item: Item, vector: np.ndarray) -> dict[str, Any]:
+        return {
+            "id": item_id,
+            "external_id": item.external_id or "",
+            "modality": int(item.modality),
+            "camera": item.camera or "",
+            "timestamp": float(item.timestamp) if item.timestamp is not None else 0.0,
+            "has_timestamp": item.timestamp is not None,
+            "track_id": item.track_id or "",
+            "identity": item.identity or "",
+            "has_identity": item.identity is not None,
+            "metadata": item.metadata,
+            "vector": vector.tolist(),
+        }
+
+    @staticmethod
+    def _item(entity: dict[str, Any], item_id: int, with_vector: bool) -> Item:
+        vector = np.asarray(entity["vector"], dtype=np.float32) if with_vector else None
+        return trusted_item(
+            id=int(item_id),
+            vector=vector,
+            modality=int(entity["modality"]),
+            camera=entity["camera"] or None,
+            external_id=entity["external_id"] or None,
+            timestamp=float(entity["timestamp"]) if entity["has_timestamp"] else None,
+            track_id=entity["track_id"] or None,
+            identity=entity["identity"] or None,
+            metadata=dict(entity["metadata"] or {}),
+        )
+
+    def _query(self, expression: str, fields: list[str], limit: int | None = None) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"filter": expression, "output_fields": fields, "timeout": self.timeout}
+        if limit is not None:
+            kwargs["limit"] = limit
+        return list(self._client.query(self.collection, **kwargs))
+
+    def _existing_ids(self, ids: Sequence[int]) -> list[int]:
+        found: list[int] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            found.extend(int(r["id"]) for r in self._query(f"id in {chunk}", ["id"], limit=len(chunk)))
+        return found
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def add(self, items: Iterable[Item], *, embedding_version: str | None = None, keep_ids: bool = False) -> AddResult:
+        self._check_writable()
+        self._check_version(embedding_version)
+        batch = list(items)
+        if not batch:
+            return AddResult(ids=[], created=0, existing=0)
+        vectors = self._item_vectors(batch)
+        for position, item in enumerate(batch):
+            if len(json.dumps(item.metadata).encode()) > MAX_METADATA_BYTES:
+                raise GalleryError(f"item {position}: metadata is larger than {MAX_METADATA_BYTES} bytes")
+            if keep_ids and (item.id is None or item.id <= 0):
+                raise GalleryError(f"item {position} needs a positive id to be kept, got {item.id}")
+        with self._write_lock:
+            self._check_writable()
+            externals = list(dict.fromkeys(item.external_id for item in batch if item.external_id))
+            known: dict[str, int] = {}
+            for start in range(0, len(externals), _CHUNK):
+                chunk = externals[start : start + _CHUNK]
+                rows = self._query(f"external_id in {_literal_list(chunk)}", ["id", "external_id"], limit=len(chunk))
+                known.update({r["external_id"]: int(r["id"]) for r in rows})
+            stored: set[int] = set()
+            if keep_ids:
+                stored = set(self._existing_ids(list(dict.fromkeys(int(item.id) for item in batch))))  # type: ignore[arg-type]
+            fresh = iter(self._ids.take(len(batch)))
+            ids: list[int] = []
+            rows_out: list[dict[str, Any]] = []
+            for position, item in enumerate(batch):
+                if item.external_id is not None and item.external_id in known:
+                    ids.append(known[item.external_id])
+                    continue
+                if keep_ids:
+                    assert item.id is not None
+                    if item.id in stored:
+                        ids.append(item.id)
+                        continue
+                    new_id = item.id
+                    stored.add(new_id)
+                else:
+                    new_id = next(fresh)
+                if item.external_id is not None:
+                    known[item.external_id] = new_id
+                ids.append(new_id)
+                rows_out.append(self._row(new_id, item, vectors[position]))
+            if rows_out:
+                try:
+                    self._client.insert(self.collection, rows_out, timeout=self.timeout)
+                except Exception as exc:
+                    raise GalleryStateError(f"Milvus refused the batch: {exc}") from exc
+        return AddResult(ids=ids, created=len(rows_out), existing=len(ids) - len(rows_out))
+
+    def remove(self, ids: Iterable[int]) -> int:
+        self._check_writable()
+        wanted = list(dict.fromkeys(self._check_ids(ids)))
+        if not wanted:
+            return 0
+        with self._write_lock:
+            present = self._existing_ids(wanted)
+            for start in range(0, len(present), _CHUNK):
+                self._client.delete(self.collection, ids=present[start : start + _CHUNK], timeout=self.timeout)
+        return len(present)
+
+    def update(self, item_id: int, **fields: Any) -> Item:
+        self._check_writable()
+        (item_id,) = self._check_ids([item_id])
+        values = normalize_update(fields)
+        with self._write_lock:
+            item = self.get(item_id, with_vector=True)
+            if item is None:
+                raise ItemNotFoundError(f"no item with id {item_id}")
+            for name, value in values.items():
+                setattr(item, name, value)
+            assert item.vector is not None
+            self._client.upsert(self.collection, [self._row(item_id, item, item.vector)], timeout=self.timeout)
+        return item
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def get(self, item_id: int, *, with_vector: bool = True) -> Item | None:
+        self._check_open()
+        (item_id,) = self._check_ids([item_id])
+        fields = _SCALAR_FIELDS + (["vector"] if with_vector else [])
+        rows = self._client.get(self.collection, ids=[item_id], output_fields=fields, timeout=self.timeout)
+        return self._item(rows[0], item_id, with_vector) if rows else None
+
+    def search(
+        self,
+        vectors: np.ndarray | Sequence[float],
+        top_k: int = 10,
+        filters: Filters | None = None,
+        *,
+        embedding_version: str | None = None,
+        with_vectors: bool = False,
+    ) -> list[list[SearchHit]]:
+        self._check_open()
+        self._check_version(embedding_version)
+        queries = self._query_vectors(vectors)
+        top_k = self._check_top_k(top_k)
+        if filters is not None and not isinstance(filters, Filters):
+            raise GalleryError(f"filters must be a gallery.Filters, got {type(filters).__name__}")
+        fields = _SCALAR_FIELDS + (["vector"] if with_vectors else [])
+        answer = self._client.search(
+            self.collection,
+            data=queries.tolist(),
+            limit=top_k,
+            filter=filter_expression(filters or Filters()),
+            output_fields=fields,
+            search_params={"metric_type": "IP", "params": self.search_params},
+            timeout=self.timeout,
+        )
+        return [
+            [
+                SearchHit(
+                    id=int(hit["id"]),
+                    score=float(hit["distance"]),
+                    item=self._item(hit["entity"], hit["id"], with_vectors),
+                )
+                for hit in row
+            ]
+            for row in answer
+        ]
+
+    def _count(self, expression: str = "") -> int:
+        rows = self._query(expression, ["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        return {
+            "backend": self.backend,
+            "uri": self.uri,
+            "collection": self.collection,
+            "count": self._count(),
+            "dim": self.dim,
+            "embedding_version": self.embedding_version,
+            "by_modality": {"visible": self._count("modality == 0"), "infrared": self._count("modality == 1")},
+            "with_identity": self._count("has_identity == true"),
+            "index": {"kind": self.index_type, "search_params": self.search_params},
+            "read_only": self.read_only,
+        }
+
+    def iter_items(self, batch_size: int = 10000, *, with_vectors: bool = True) -> Iterator[list[Item]]:
+        self._check_open()
+        fields = _SCALAR_FIELDS + (["vector"] if with_vectors else [])
+        iterator = self._client.query_iterator(
+            self.collection, batch_size=min(batch_size, 16384), filter="", output_fields=fields, timeout=self.timeout
+        )
+        try:
+            while True:
+                rows = iterator.next()
+                if not rows:
+                    break
+                yield [self._item(row, row["id"], with_vectors) for row in rows]
+        finally:
+            iterator.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Flush inserted data into sealed segments (Milvus's own persistence step)."""
+        self._check_writable()
+        with self._write_lock:
+            self._client.flush(self.collection, timeout=self.timeout)
+        return {"flushed": self.collection}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.close()
+        except Exception:  # closing must not fail the caller's shutdown
+            logger.exception("closing the Milvus client failed")
+
+    def __repr__(self) -> str:
+        return f"MilvusGallery({self.uri!r}, collection={self.collection!r}, dim={getattr(self, 'dim', None)})"
