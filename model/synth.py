@@ -400,41 +400,42 @@ def _draw_person(
 
 def _background(cam: Camera, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """H x W x 3 (visible) or H x W x 1 (infrared) background of the camera's scene, with a small shift."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    y, x = yy / h, xx / w
-    shift = float(rng.uniform(-0.04, 0.04))
-    x = x + shift
-    ir = cam.modality == INFRARED
-    if ir:
+    y = (np.arange(h, dtype=np.float32) / h)[:, None]
+    x = (np.arange(w, dtype=np.float32) / w)[None, :] + np.float32(rng.uniform(-0.04, 0.04))
+    if cam.modality == INFRARED:
         wall, floor, accent = (np.float32([cam.wall_ir]), np.float32([cam.floor_ir]), np.float32([cam.accent_ir]))
         if cam.thermal:  # cold scene
             wall, floor, accent = wall * 0.4 + 0.05, floor * 0.4 + 0.05, accent * 0.4 + 0.08
     else:
         wall, floor, accent = (np.float32(cam.wall_rgb), np.float32(cam.floor_rgb), np.float32(cam.accent_rgb))
-    below = (y > cam.horizon)[..., None]
-    img = np.where(below, floor, wall).astype(np.float32)
+    below = y > cam.horizon  # [H, 1]
+    img = np.empty((h, w, len(wall)), np.float32)
+    img[:] = np.where(below[..., None], floor, wall)
     s = cam.texture_scale
     if cam.texture == "panels":
-        tex = ((x / s) % 1.0 < 0.08) & ~below[..., 0]
+        tex = ((x / s) % 1.0 < 0.08) & ~below
     elif cam.texture == "tiles":
         depth = np.maximum(y - cam.horizon, 1e-3)
-        tex = (((x - 0.5) / depth * 0.15 / s) % 1.0 < 0.1) | (((1.0 / depth) * s * 2) % 1.0 < 0.12)
-        tex &= below[..., 0]
+        tex = ((((x - 0.5) / depth * 0.15 / s) % 1.0 < 0.1) | (((1.0 / depth) * s * 2) % 1.0 < 0.12)) & below
     elif cam.texture == "bricks":
         row = np.floor(y / (s * 0.5))
         tex = ((y / (s * 0.5)) % 1.0 < 0.12) | (((x / s) + 0.5 * (row % 2)) % 1.0 < 0.07)
     else:
-        tex = np.zeros_like(x, dtype=bool)
-    img = np.where(tex[..., None], img * 0.6 + accent * 0.4, img)
+        tex = None
+    if tex is not None:
+        tex = np.broadcast_to(tex, (h, w))
+        img[tex] = img[tex] * 0.6 + accent * 0.4
+    x_px = x[0] * w
     for x0, y0, x1, y1 in cam.props:
-        m = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-        img = np.where(m[..., None], accent * 0.8 + img * 0.2, img)
+        c0, c1 = np.searchsorted(x_px, x0 * w), np.searchsorted(x_px, x1 * w)
+        r0, r1 = round(y0 * h), round(y1 * h)
+        img[r0:r1, c0:c1] = accent * 0.8 + img[r0:r1, c0:c1] * 0.2
     # Light falls off away from the scene's light and towards the image bottom.
-    img = img * (1.05 - 0.25 * np.abs(y - 0.35))[..., None]
+    img *= (1.05 - 0.25 * np.abs(y - 0.35))[..., None]
     # Smooth large-scale texture noise, seeded per image so that backgrounds differ a little.
     grid = rng.normal(0.0, 0.05, (max(2, h // 12), max(2, w // 12))).astype(np.float32)
-    coarse = np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC))[..., None]
-    return img + coarse
+    img += np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC))[..., None]
+    return img
 
 
 def render_image(seed: int, layout: str, pid: int, camid: int, modality: int, index: int,
@@ -458,57 +459,56 @@ def render_image(seed: int, layout: str, pid: int, camid: int, modality: int, in
     label_img = Image.new("L", (w, h), BG)
     _draw_person(ImageDraw.Draw(label_img), ident, cx, top, ph, view, phase)
     lab = np.asarray(label_img)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    uu, vv = (xx - cx) / ph, (yy - top) / ph
     ir = modality == INFRARED
 
     if ir:
-        body = ident.skin_ir
-        table = np.float32([0, body, ident.hair_ir, ident.upper.ir, ident.lower.ir, ident.shoes_ir, ident.bag_ir,
-                            ident.hat_ir])  # fmt: skip
-        if cam.thermal:  # far infrared: skin warmest, clothes in between, accessories cooler
-            table = np.float32([0, 0.92, 0.55, *(0.35 + 0.45 * table[3:5]), 0.3 + 0.3 * table[5],
-                                0.25 + 0.35 * table[6], 0.3 + 0.4 * table[7]])  # fmt: skip
-        person = table[lab][..., None]
+        table = np.float32([0, ident.skin_ir, ident.hair_ir, ident.upper.ir, ident.lower.ir, ident.shoes_ir,
+                            ident.bag_ir, ident.hat_ir])[:, None]  # fmt: skip
         accents = {UPPER: ident.upper.accent_ir, LOWER: ident.lower.accent_ir}
-        if cam.thermal:
+        if cam.thermal:  # far infrared: skin warmest, clothes in between, accessories cooler
+            t = table[:, 0]
+            table = np.float32([0, 0.92, 0.55, *(0.35 + 0.45 * t[3:5]), 0.3 + 0.3 * t[5], 0.25 + 0.35 * t[6],
+                                0.3 + 0.4 * t[7]])[:, None]  # fmt: skip
             accents = {k: 0.35 + 0.45 * v for k, v in accents.items()}
     else:
         table = np.float32([(0, 0, 0), ident.skin_rgb, ident.hair_rgb, ident.upper.rgb, ident.lower.rgb,
                             ident.shoes_rgb, ident.bag_rgb, ident.hat_rgb])  # fmt: skip
-        person = table[lab]
         accents = {UPPER: ident.upper.accent_rgb, LOWER: ident.lower.accent_rgb}
+    person = table[lab]
     for label, garment in ((UPPER, ident.upper), (LOWER, ident.lower)):
-        mask = _pattern_mask(garment, uu, vv)
-        if mask is not None:
-            sel = (lab == label) & mask
-            person = np.where(sel[..., None], np.float32(accents[label]), person)
+        if garment.pattern == "plain":
+            continue
+        ys, xs = np.nonzero(lab == label)
+        sel = _pattern_mask(garment, (xs - cx) / ph, (ys - top) / ph)
+        if sel is not None:
+            person[ys[sel], xs[sel]] = np.float32(accents[label])
     # Cylindrical shading across the body and a soft top light.
     half = ident.shoulder * ph * 1.25
-    shade = np.clip(1.0 - 0.32 * ((xx - cx) / half) ** 2, 0.55, 1.0) * (1.08 - 0.18 * vv)
+    across = np.clip(1.0 - 0.32 * ((np.arange(w, dtype=np.float32) - cx) / half) ** 2, 0.55, 1.0)
+    down = 1.08 - 0.18 * (np.arange(h, dtype=np.float32) - top) / ph
+    shade = down[:, None] * across[None, :]
     if ir:
         shade = 1.0 - (1.0 - shade) * 0.5
-    person = person * shade[..., None]
-    mask = (lab != BG)[..., None]
+    person *= shade[..., None]
+    mask = lab != BG
     if mirror:
         person, mask = person[:, ::-1], mask[:, ::-1]
 
-    bg = _background(cam, h, w, rng)
-    img = np.where(mask, person, bg)
-    img = img * cam.gain * float(rng.uniform(0.85, 1.15))
+    img = _background(cam, h, w, rng)
+    img[mask] = person[mask]
+    img *= np.float32(cam.gain * rng.uniform(0.85, 1.15))
     if not ir:
-        img = img * np.float32(cam.cast)
-    img = np.clip(img, 0.0, 1.0)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    pil = Image.fromarray((img * 255.0 + 0.5).astype(np.uint8))
+        img *= np.float32(cam.cast)
+    np.clip(img, 0.0, 1.0, out=img)
+    # Optics blur, then sensor noise; infrared is one grey channel replicated to RGB as in the real sets.
+    pil = Image.fromarray(((img[..., 0] if ir else img) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8))
     blur = cam.blur * float(rng.uniform(0.7, 1.3)) * h / 128.0
     if blur > 0.15:
         pil = pil.filter(ImageFilter.GaussianBlur(blur))
-    arr = np.asarray(pil).astype(np.float32) / 255.0
-    noise = rng.normal(0.0, cam.noise, (h, w, 1) if ir else (h, w, 3)).astype(np.float32)
-    arr = np.clip(arr + noise, 0.0, 1.0)
-    return (arr * 255.0 + 0.5).astype(np.uint8)
+    arr = np.asarray(pil, dtype=np.float32)
+    arr = arr + rng.normal(0.0, cam.noise * 255.0, arr.shape).astype(np.float32)
+    out = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(out[..., None], 3, axis=-1) if ir else out
 
 
 # --------------------------------------------------------------------------------------------------
