@@ -9,7 +9,12 @@ import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON line.
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
 
 
 class JSONFormatter(logging.Formatter):
@@ -31,15 +36,18 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", json_lines: bool = False) -> None:
-    """Route the root logger (and uvicorn's) to stderr in the chosen format; replaces earlier handlers."""
+    """Route the root logger (and uvicorn's) to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("clipmc-console")
     if json_lines:
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    for old in list(root.handlers):  # replace console handlers (ours, basicConfig's); keep files, test captures
+        if old.get_name() == "clipmc-console" or (isinstance(old, logging.StreamHandler) and old.stream in consoles):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -72,6 +72,7 @@ class LiveServer:
             uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on")
         )
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.port = 0
 
     def start(self, timeout: float = 60.0) -> LiveServer:
         self.thread.start()
@@ -82,11 +83,8 @@ class LiveServer:
             if time.monotonic() > deadline:
                 raise TimeoutError("the test server did not start")
             time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
         return self
-
-    @property
-    def port(self) -> int:
-        return self.server.servers[0].sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
