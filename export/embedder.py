@@ -331,7 +331,9 @@ def create_embedder(
         if kind == "engine":
             raise EmbedderError(f"{weights}: a TensorRT engine runs on the tensorrt back-end, not onnxruntime")
         onnx_path = Path(weights) if kind == "onnx" else _export_to_cache(weights, engine_dir)
-        return OnnxRuntimeEmbedder(onnx_path, device=device, precision=precision, batch_sizes=sizes)
+        return OnnxRuntimeEmbedder(
+            onnx_path, device=device, precision=precision, batch_sizes=sizes, cache_dir=engine_dir
+        )
     from .runtime_trt import TensorRTEmbedder, engine_from_weights
 
     if kind == "engine":
