@@ -95,6 +95,15 @@ def _lock_directory(path: Path) -> int | None:
     return fd
 
 
+def _check_new_gallery(path: Path, dim: int | None, embedding_version: str | None) -> None:
+    if dim is None or embedding_version is None:
+        raise GalleryError(f"creating a gallery at {path} needs dim and embedding_version")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise GalleryError(f"dim must be a positive integer, got {dim!r}")
+    if not isinstance(embedding_version, str) or not embedding_version.strip():
+        raise GalleryError("embedding_version must be a non-empty string")
+
+
 class _FilterColumns:
     """The filterable fields of the indexed items as arrays indexed by item id.
 
@@ -246,7 +255,7 @@ class FaissGallery(BaseGallery):
         self.snapshot_every = int(snapshot_every)
         self.snapshot_on_close = snapshot_on_close
         self.norm_tolerance = norm_tolerance
-        self._rw_lock_fd: int | None = None
+        self._lock_fd: int | None = None
         self._closed = False
         self._write_lock = threading.RLock()
         self._rw = RWLock()
@@ -262,8 +271,10 @@ class FaissGallery(BaseGallery):
         else:
             if self.path.exists() and not self.path.is_dir():
                 raise GalleryError(f"{self.path} exists and is not a directory")
+            if not (self.path / DATABASE_NAME).exists():  # refuse before creating anything
+                _check_new_gallery(self.path, dim, embedding_version)
             self.path.mkdir(parents=True, exist_ok=True)
-            self._rw_lock_fd = _lock_directory(self.path)
+            self._lock_fd = _lock_directory(self.path)
         try:
             self._store = SQLiteStore(self.path / DATABASE_NAME, read_only=read_only)
             self._open_meta(dim, embedding_version)
@@ -283,12 +294,8 @@ class FaissGallery(BaseGallery):
         if not meta:
             if self.read_only:
                 raise GalleryError(f"{self.path} is not an initialised gallery")
-            if dim is None or embedding_version is None:
-                raise GalleryError(f"creating a gallery at {self.path} needs dim and embedding_version")
-            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-                raise GalleryError(f"dim must be a positive integer, got {dim!r}")
-            if not isinstance(embedding_version, str) or not embedding_version.strip():
-                raise GalleryError("embedding_version must be a non-empty string")
+            _check_new_gallery(self.path, dim, embedding_version)
+            assert dim is not None and embedding_version is not None
             self._store.init_meta(int(dim), embedding_version)
             _fsync_dir(self.path)
             logger.info("created gallery %s (dim %d, embedding_version %s)", self.path, dim, embedding_version)
@@ -317,9 +324,10 @@ class FaissGallery(BaseGallery):
 
     def _open_index(self) -> None:
         """Load the snapshot and replay what came after it, or rebuild (caller holds the write lock)."""
-        for leftover in (self.path / (INDEX_NAME + ".tmp"), self.path / (INDEX_META_NAME + ".tmp")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        if not self.read_only:  # a writer killed mid-snapshot leaves these (read-only: not ours to touch)
+            for leftover in (self.path / (INDEX_NAME + ".tmp"), self.path / (INDEX_META_NAME + ".tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
         started = time.perf_counter()
         index, reason = self._load_snapshot()
         rebuilt = index is None
@@ -741,10 +749,10 @@ class FaissGallery(BaseGallery):
         store = getattr(self, "_store", None)
         if store is not None:
             store.close()
-        if self._rw_lock_fd is not None:
+        if self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self._rw_lock_fd)  # closing the descriptor drops the flock
-            self._rw_lock_fd = None
+                os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
         self._closed = True
 
     def __repr__(self) -> str:

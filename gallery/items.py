@@ -81,6 +81,8 @@ def _metadata(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise GalleryError(f"metadata must be a JSON object, got {type(value).__name__}")
+    if not value:
+        return value
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

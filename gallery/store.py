@@ -254,7 +254,7 @@ class SQLiteStore:
                         item.timestamp,
                         item.track_id,
                         item.identity,
-                        json.dumps(item.metadata, allow_nan=False, separators=(",", ":")),
+                        json.dumps(item.metadata, allow_nan=False, separators=(",", ":")) if item.metadata else "{}",
                         vector_blob(vectors[position]),
                     )
                 )

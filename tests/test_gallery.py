@@ -314,6 +314,9 @@ def test_dimension_and_version_mismatch_are_refused(tmp_path: Path, rng: np.rand
         assert issubclass(error, ValueError)
     with pytest.raises(GalleryError, match="needs dim and embedding_version"):
         Gallery(tmp_path / "new")
+    with pytest.raises(GalleryError, match="positive integer"):
+        Gallery(tmp_path / "new", 0, VERSION)
+    assert not (tmp_path / "new").exists()  # a refused create leaves nothing behind
     # the failed opens released the writer lock
     with Gallery(path, DIM, VERSION) as gallery:
         assert gallery.stats()["count"] == 5

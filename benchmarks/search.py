@@ -1,0 +1,390 @@
+"""Gallery search benchmark: exact FAISS vs NumPy brute force, IVF recall vs speed, ingest throughput.
+
+For each gallery size it generates unit vectors (float32 everywhere, NumPy included) and measures:
+
+- single-query latency (p50, p99) and batched throughput of NumPy brute force (``X @ q`` + partial
+  sort) and of exact FAISS (``IndexFlatIP``);
+- IVF (``IndexIVFFlat``, about sqrt(n) lists): recall@10 against the exact top-10, and speed, for a
+  few ``nprobe`` values;
+- ingest throughput through ``Gallery.add`` (SQLite WAL with synchronous=FULL, then the FAISS index),
+  and end-to-end ``Gallery.search`` latency (FAISS + filter + fetching the items from SQLite), with
+  and without a modality filter.
+
+The data are synthetic but shaped like re-identification embeddings rather than uniform noise (on
+which IVF recall means little): n/10 "identities" whose unit centres lie near a ``--latent-dim``
+subspace (embeddings of real images occupy far fewer dimensions than 1280; ``--latent-dim 0`` draws
+isotropic centres, the hardest case for IVF), and every vector a noisy sighting of one of them
+(cosine about 0.6 between two sightings of the same identity). Queries are fresh sightings.
+
+Writes ``search.json``, ``search.md`` (a markdown table) and ``search.png`` under ``--out``.
+
+    python benchmarks/search.py --sizes 10000 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+logger = logging.getLogger("benchmarks.search")
+
+SIGMA = 0.8  # noise norm relative to the identity centre: same-identity cosine ~ 1 / (1 + SIGMA**2)
+TOP_K = 10
+
+
+def synthetic(
+    n: int, dim: int, n_queries: int, seed: int, latent_dim: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gallery vectors [n, dim], their modality 0/1, queries [n_queries, dim]), float32, unit norm."""
+    rng = np.random.default_rng(seed)
+    n_ids = max(1, n // 10)
+    if latent_dim:
+        basis = rng.standard_normal((latent_dim, dim), dtype=np.float32)
+        centres = rng.standard_normal((n_ids, latent_dim), dtype=np.float32) @ basis
+    else:
+        centres = rng.standard_normal((n_ids, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    scale = np.float32(SIGMA / np.sqrt(dim))
+
+    def sightings(count: int) -> np.ndarray:
+        out = np.empty((count, dim), dtype=np.float32)
+        for start in range(0, count, 65536):
+            stop = min(count, start + 65536)
+            block = rng.standard_normal((stop - start, dim), dtype=np.float32)
+            block *= scale
+            block += centres[rng.integers(0, n_ids, stop - start)]
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            out[start:stop] = block
+        return out
+
+    vectors = sightings(n)
+    modality = rng.integers(0, 2, n).astype(np.int8)
+    return vectors, modality, sightings(n_queries)
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "single_qps": float(1000.0 / ms.mean()),
+        "n": len(seconds),
+    }
+
+
+def time_single(search: Any, queries: np.ndarray) -> dict[str, float]:
+    search(queries[:1])  # warm-up
+    times = []
+    for q in queries:
+        started = time.perf_counter()
+        search(q[None, :])
+        times.append(time.perf_counter() - started)
+    return percentiles(times)
+
+
+def time_batched(search: Any, queries: np.ndarray, batch: int) -> float:
+    """Queries per second when queries arrive in batches of ``batch``."""
+    started = time.perf_counter()
+    done = 0
+    for start in range(0, len(queries), batch):
+        search(queries[start : start + batch])
+        done += len(queries[start : start + batch])
+    return done / (time.perf_counter() - started)
+
+
+def numpy_search(vectors: np.ndarray, queries: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    scores = queries @ vectors.T
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def bench_flat(vectors: np.ndarray, queries: np.ndarray, single: np.ndarray, batch: int) -> tuple[dict, np.ndarray]:
+    """Exact FAISS: timings, and the exact top-k of ``queries`` (ground truth for IVF recall)."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    stats = time_single(lambda q: flat.search(q, TOP_K), single)
+    stats["batched_qps"] = time_batched(lambda q: flat.search(q, TOP_K), queries, batch)
+    truth = flat.search(queries, TOP_K)[1]
+    brute = numpy_search(vectors, queries[:50])
+    stats["agreement_with_numpy"] = float(
+        np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(truth[:50], brute, strict=True)])
+    )
+    return stats, truth
+
+
+def bench_ivf(
+    vectors: np.ndarray, queries: np.ndarray, single: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    """IVF as the gallery builds it (about sqrt(n) lists, spherical k-means): recall@10 and speed per nprobe."""
+    import faiss
+
+    from gallery import IndexConfig
+
+    n, dim = vectors.shape
+    nlist = IndexConfig().nlist_for(n)
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed + 1)
+    training = vectors[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter, ivf.cp.spherical = 10, True
+    ivf.train(training)
+    train_s = time.perf_counter() - started
+    ivf.add(vectors)
+    out: dict[str, Any] = {"nlist": nlist, "train_s": train_s, "build_s": time.perf_counter() - started, "nprobe": []}
+    for nprobe in [p for p in args.nprobe if p <= nlist]:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        found = ivf.search(queries, TOP_K, params=params)[1]
+        recall = float(np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(found, truth, strict=True)]))
+        row: dict[str, Any] = {"nprobe": nprobe, "recall_at_10": recall}
+        row.update(time_single(lambda q, p=params: ivf.search(q, TOP_K, params=p), single))
+        row["batched_qps"] = time_batched(lambda q, p=params: ivf.search(q, TOP_K, params=p), queries, args.batch)
+        out["nprobe"].append(row)
+        logger.info("n=%d ivf nlist=%d nprobe=%d: recall@10 %.3f, p50 %.2f ms", n, nlist, nprobe, recall, row["p50_ms"])
+    return out
+
+
+def bench_gallery(
+    vectors: np.ndarray, modality: np.ndarray, single: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Ingest through Gallery.add (durable batches), then end-to-end Gallery.search."""
+    from gallery import Filters, Gallery, IndexConfig, Item
+
+    n, dim = vectors.shape
+    workdir = Path(tempfile.mkdtemp(prefix="gallery-bench-", dir=args.workdir))
+    try:
+        # A flat index throughout, so the timing is ingest alone (no switch to IVF at the threshold).
+        gallery = Gallery(workdir / "g", dim, "bench", index=IndexConfig(kind="flat"), snapshot_every=0)
+        started = time.perf_counter()
+        for start in range(0, n, args.ingest_batch):
+            stop = min(n, start + args.ingest_batch)
+            gallery.add(
+                [
+                    Item(vectors[i], int(modality[i]), camera=i % 16, external_id=f"i{i}", timestamp=float(i))
+                    for i in range(start, stop)
+                ]
+            )
+        ingest_s = time.perf_counter() - started
+        started = time.perf_counter()
+        gallery.snapshot()
+        out: dict[str, Any] = {
+            "ingest": {
+                "items_per_s": n / ingest_s,
+                "seconds": ingest_s,
+                "batch": args.ingest_batch,
+                "snapshot_s": time.perf_counter() - started,
+                "database_gb": gallery.stats()["database_bytes"] / 1e9,
+            }
+        }
+        out["gallery_search"] = time_single(lambda q: gallery.search(q, TOP_K), single)
+        infrared = Filters(modality=1)
+        out["gallery_search_filtered"] = time_single(lambda q: gallery.search(q, TOP_K, infrared), single)
+        gallery.close()
+        started = time.perf_counter()
+        Gallery(workdir / "g").close()
+        out["ingest"]["reopen_s"] = time.perf_counter() - started
+        logger.info("n=%d ingest: %s", n, out["ingest"])
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"n": n, "dim": args.dim, "latent_dim": args.latent_dim, "load_before": load()}
+    n_single = min(args.queries, max(20, 2_000_000 // n))  # fewer single queries for big galleries
+    started = time.perf_counter()
+    vectors, modality, queries = synthetic(n, args.dim, max(args.batch_queries, n_single), args.seed, args.latent_dim)
+    logger.info("n=%d: generated data in %.1fs (%.2f GB)", n, time.perf_counter() - started, vectors.nbytes / 1e9)
+    single = queries[:n_single]
+
+    result["numpy"] = time_single(lambda q: numpy_search(vectors, q), single)
+    result["numpy"]["batched_qps"] = time_batched(lambda q: numpy_search(vectors, q), queries, args.batch)
+    logger.info("n=%d numpy: %s", n, result["numpy"])
+    result["faiss_flat"], truth = bench_flat(vectors, queries, single, args.batch)
+    logger.info("n=%d faiss flat: %s", n, result["faiss_flat"])
+    gc.collect()
+    result["ivf"] = bench_ivf(vectors, queries, single, truth, args)
+    gc.collect()
+    if n <= args.ingest_max:
+        result.update(bench_gallery(vectors, modality, single, args))
+    result["load_after"] = load()
+    return result
+
+
+def load() -> float | None:
+    """The 1-minute load average: on a shared machine, what else was running shapes every number."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def machine() -> dict[str, Any]:
+    import faiss
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": memory_gb,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "faiss_gpus": faiss.get_num_gpus(),
+        "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+    }
+
+
+def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; numpy {info['numpy']}, "
+        f"faiss {info['faiss']} (CPU). dim {results[0]['dim']}, top-{TOP_K}, float32 (NumPy too). "
+        "Latency: one query at a time; batched QPS: batches of queries. Synthetic clustered data "
+        f"(latent dim {results[0]['latent_dim'] or 'none: isotropic'}). 1-min load average during the runs: "
+        + ", ".join(f"{r['load_before']}-{r['load_after']}" for r in results)
+        + ".",
+        "",
+        "| gallery | method | p50 ms | p99 ms | QPS (single) | QPS (batched) | recall@10 |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(n: int, name: str, stats: dict[str, Any], recall: str = "1.000") -> None:
+        lines.append(
+            f"| {n:,} | {name} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} | {stats['single_qps']:.0f} | "
+            f"{stats['batched_qps']:.0f} | {recall} |"
+        )
+
+    for r in results:
+        row(r["n"], "NumPy brute force", r["numpy"])
+        row(r["n"], "FAISS exact (IndexFlatIP)", r["faiss_flat"])
+        for p in r["ivf"]["nprobe"]:
+            row(r["n"], f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}", p, f"{p['recall_at_10']:.3f}")
+        for key, name in (
+            ("gallery_search", "Gallery.search (flat + SQLite)"),
+            ("gallery_search_filtered", "Gallery.search, modality filter"),
+        ):
+            if key in r:
+                s = r[key]
+                lines.append(
+                    f"| {r['n']:,} | {name} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['single_qps']:.0f} "
+                    "| – | 1.000 |"
+                )
+    lines += [
+        "",
+        "| gallery | ingest items/s (Gallery.add, batches) | snapshot s | reopen s | SQLite GB | IVF build s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ingest = r.get("ingest")
+        if ingest:
+            lines.append(
+                f"| {r['n']:,} | {ingest['items_per_s']:.0f} (batch {ingest['batch']}) | {ingest['snapshot_s']:.1f} | "
+                f"{ingest['reopen_s']:.1f} | {ingest['database_gb']:.2f} | {r['ivf']['build_s']:.1f} |"
+            )
+        else:
+            lines.append(f"| {r['n']:,} | – | – | – | – | {r['ivf']['build_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    sizes = [r["n"] for r in results]
+    left.plot(sizes, [r["numpy"]["p50_ms"] for r in results], "o-", label="NumPy brute force")
+    left.plot(sizes, [r["faiss_flat"]["p50_ms"] for r in results], "s-", label="FAISS exact")
+    if all("gallery_search" in r for r in results):
+        left.plot(sizes, [r["gallery_search"]["p50_ms"] for r in results], "^-", label="Gallery.search (exact)")
+    probes = sorted({p["nprobe"] for r in results for p in r["ivf"]["nprobe"]})
+    for nprobe in probes[1:3]:
+        points = [(r["n"], p["p50_ms"]) for r in results for p in r["ivf"]["nprobe"] if p["nprobe"] == nprobe]
+        left.plot(*zip(*points, strict=True), "d--", label=f"FAISS IVF nprobe={nprobe}")
+    left.set(xscale="log", yscale="log", xlabel="gallery size", ylabel="p50 latency, one query (ms)")
+    left.set_title(f"Top-{TOP_K} search latency, dim {results[0]['dim']}")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend()
+    for r in results:
+        rows = r["ivf"]["nprobe"]
+        right.plot([p["recall_at_10"] for p in rows], [p["batched_qps"] for p in rows], "o-", label=f"n={r['n']:,}")
+        for p in rows:
+            right.annotate(str(p["nprobe"]), (p["recall_at_10"], p["batched_qps"]), fontsize=7)
+        right.axhline(r["faiss_flat"]["batched_qps"], ls=":", lw=1, color=right.lines[-1].get_color())
+    right.set(yscale="log", xlabel="recall@10 vs exact", ylabel="QPS (batched)")
+    right.set_title("IVF: recall vs speed (labels: nprobe; dotted: exact)")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="gallery sizes")
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--queries", type=int, default=200, help="most single queries timed per size")
+    parser.add_argument("--batch", type=int, default=64, help="queries per batch for batched QPS")
+    parser.add_argument("--batch-queries", type=int, default=256, help="queries used for batched QPS and recall")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--latent-dim", type=int, default=64, help="identity centres' subspace (0: isotropic)")
+    parser.add_argument("--ingest-batch", type=int, default=1000, help="items per Gallery.add call")
+    parser.add_argument("--ingest-max", type=int, default=10**9, help="skip the ingest phase above this size")
+    parser.add_argument("--workdir", default=None, help="where the ingest gallery is written (default: temp dir)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if any(n < 100 for n in args.sizes):
+        parser.error("sizes must be at least 100")
+
+    info = machine()
+    logger.info("machine: %s", info)
+    results = []
+    for n in sorted(args.sizes):
+        started = time.perf_counter()
+        results.append(bench_size(n, args))
+        results[-1]["wall_s"] = time.perf_counter() - started
+        gc.collect()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "search.json").write_text(json.dumps({"machine": info, "top_k": TOP_K, "results": results}, indent=2))
+    table = markdown(results, info)
+    (args.out / "search.md").write_text(table)
+    plot(results, args.out / "search.png")
+    print(table)
+    print(f"wrote {args.out / 'search.json'}, {args.out / 'search.md'}, {args.out / 'search.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
