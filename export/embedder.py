@@ -281,14 +281,18 @@ def _torch_device(device: str) -> torch.device:
 # ------------------------------------------------------------------------------------------------
 # factory
 # ------------------------------------------------------------------------------------------------
+OPEN_CLIP_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 def load_model_weights(weights: str | os.PathLike) -> tuple[CLIPMC, str]:
-    """(model, embedding_version) for a checkpoint directory or "openai" (zero-shot ViT-B/16)."""
+    """(model, embedding_version) for a checkpoint directory, "openai" (zero-shot CLIP ViT-B/16 from
+    open_clip's cache or download) or a local open_clip ViT-B-16 weights file (zero-shot, offline)."""
     from model.checkpoint import load_checkpoint, read_checkpoint_config
 
-    if str(weights) == "openai":
+    if weights_kind(weights) == "zero-shot":
         from model.factory import build_model
 
-        model = build_model("vit-b-16", pretrained="openai")
+        model = build_model("vit-b-16", pretrained=str(weights))
         return model, model.embedding_version
     model = load_checkpoint(weights)
     return model, read_checkpoint_config(weights)["embedding_version"]
@@ -305,7 +309,8 @@ def create_embedder(
 ) -> Embedder:
     """Build the embedder the configuration names.
 
-    weights: a checkpoint directory, "openai" (zero-shot CLIP ViT-B/16), an `.onnx` file (onnxruntime,
+    weights: a checkpoint directory, "openai" (zero-shot CLIP ViT-B/16; or a local open_clip ViT-B-16
+    weights file, e.g. `open_clip_model.safetensors`), an `.onnx` file (onnxruntime,
     or tensorrt which builds an engine from it) or an `.engine` file (tensorrt; its sidecar JSON holds
     the embedding_version). For backend "tensorrt" a checkpoint or ONNX file is exported / built into
     `engine_dir` through the engine cache, which is what a deployment does on first start.
@@ -318,7 +323,7 @@ def create_embedder(
     sizes = normalize_batch_sizes(batch_sizes)
     kind = weights_kind(weights)
     if backend == "torch":
-        if kind not in ("checkpoint", "openai"):
+        if kind not in ("checkpoint", "zero-shot"):
             raise EmbedderError(
                 f"the torch back-end needs a checkpoint directory or 'openai', got the {kind} file {weights}"
             )
@@ -335,7 +340,10 @@ def create_embedder(
             onnx_path, device=device, precision=precision, batch_sizes=sizes, cache_dir=engine_dir
         )
     from .runtime_trt import TensorRTEmbedder, engine_from_weights
+    from .tensorrt_build import cuda_device, import_tensorrt
 
+    import_tensorrt()  # first the errors that say what to install, then those about the files
+    cuda_device(device)
     if kind == "engine":
         return TensorRTEmbedder(Path(weights), device=device, batch_sizes=sizes)
     onnx_path = Path(weights) if kind == "onnx" else _export_to_cache(weights, engine_dir)
@@ -344,12 +352,14 @@ def create_embedder(
 
 
 def weights_kind(weights: str | os.PathLike) -> str:
-    """'openai', 'checkpoint', 'onnx' or 'engine'; a clear error for anything else."""
+    """'zero-shot' ("openai" or an open_clip weights file), 'checkpoint', 'onnx' or 'engine'."""
     if str(weights) == "openai":
-        return "openai"
+        return "zero-shot"
     p = Path(weights)
     if p.is_dir() or (p.is_file() and p.name in ("config.json", "model.safetensors")):
         return "checkpoint"
+    if p.is_file() and p.suffix in OPEN_CLIP_WEIGHT_SUFFIXES:
+        return "zero-shot"
     if p.suffix == ".onnx":
         if not p.is_file():
             raise EmbedderError(f"{p}: ONNX file not found")

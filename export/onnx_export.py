@@ -237,7 +237,9 @@ def export_onnx_cached(weights: str | os.PathLike, cache_dir: str | os.PathLike 
 
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    if str(weights) == "openai":
+    from .embedder import weights_kind
+
+    if weights_kind(weights) == "zero-shot":
         model, version = load_weights(weights)
     else:
         model, version = None, read_checkpoint_config(weights)["embedding_version"]
