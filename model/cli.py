@@ -1,18 +1,54 @@
-"""`clipmc info`: what a checkpoint is (model commands; training and evaluation add theirs)."""
+"""Model commands: `clipmc info`, `clipmc train`, `clipmc evaluate`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "info", help="architecture, embedding_version, parameters and image size of a checkpoint"
-    )
+    p = sub.add_parser("info", help="architecture, embedding_version, parameters and image size of a checkpoint")
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train CLIP-MC on SYSU-MM01, RegDB, LLCM or a folder in one of their layouts")
+    p.add_argument("--dataset", required=True, help="sysu | regdb | llcm, or a dataset folder")
+    p.add_argument("--data-root", help="the dataset's root folder (not needed when --dataset is a folder)")
+    p.add_argument("--split", type=int, default=1, help="RegDB split 1..10 (one model per split)")
+    p.add_argument("--config", help="JSON file of training options (see model/trainer.py TrainConfig)")
+    p.add_argument("--out", required=True, help="output folder: last/, best/, train_log.csv, tensorboard/")
+    p.add_argument("--model", help="architecture: vit-b-16 (default) or tiny")
+    p.add_argument("--pretrained", help="'openai', a local open_clip checkpoint file, or 'none'")
+    p.add_argument("--image-size", help="H,W (default 288,144)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="standard protocols (../shared/PROTOCOLS.md): R1/5/10/20, mAP, mINP")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder, or 'openai' for zero-shot CLIP; for RegDB --split all a pattern "
+                        "with {split}")  # fmt: skip
+    p.add_argument("--dataset", required=True, help="sysu | regdb | llcm, or a dataset folder")
+    p.add_argument("--data-root", help="the dataset's root folder")
+    p.add_argument("--mode", help="SYSU: all | indoor (default both); RegDB: visible_to_thermal | "
+                                  "thermal_to_visible; LLCM: ir_to_visible | visible_to_ir (default both)")  # fmt: skip
+    p.add_argument("--split", default="1", help="RegDB split 1..10 or 'all'")
+    p.add_argument("--trials", help="comma-separated trials (default: the protocol's 10)")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped crop")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="results/eval", help="folder for results.json and cmc.png")
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -37,4 +73,133 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key:22s} {value}")
+    return 0
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available on this machine")
+    return name
+
+
+def _open_dataset(dataset: str, root: str | None, split: int | None = None):
+    from .data import load_dataset
+
+    kw = {"split": split} if split is not None and _layout(dataset, root) == "regdb" else {}
+    return load_dataset(dataset, root, **kw)
+
+
+def _layout(dataset: str, root: str | None) -> str:
+    from .data import DATASETS, detect_layout
+
+    return dataset.lower() if dataset.lower() in DATASETS else detect_layout(dataset)
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"--image-size {text!r}: expected H,W such as 288,144") from None
+    return h, w
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .factory import build_model
+    from .trainer import TrainConfig, Trainer
+
+    overrides = {
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "image_size": _parse_size(args.image_size),
+        "epochs": args.epochs,
+        "workers": args.workers,
+        "seed": args.seed,
+        "eval_every": args.eval_every,
+    }
+    cfg = (
+        TrainConfig.from_file(args.config, **overrides)
+        if args.config
+        else TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    )
+    if cfg.pretrained in ("none", ""):
+        cfg.pretrained = None
+    device = resolve_device(args.device)
+    dataset = _open_dataset(args.dataset, args.data_root, args.split)
+    log.info("%s", dataset.summary())
+    model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
+    settings = list(dataset.settings)[:1]
+    trials = list(range(cfg.eval_trials))
+
+    def evaluate(m) -> dict[str, float]:
+        results = evaluate_model(m, dataset, settings, trials, device=device, workers=0)
+        return results.settings[settings[0]].mean
+
+    trainer = Trainer(
+        model, dataset.train, dataset.num_classes, cfg, args.out, device=device, evaluate=evaluate,
+        dataset_info={"name": dataset.name, "root": str(dataset.root), "eval_setting": settings[0],
+                      "eval_trials": trials},
+    )  # fmt: skip
+    if args.resume:
+        trainer.resume()
+    result = trainer.fit()
+    print(json.dumps({"out": result["out"], "best": result["best"]}, indent=2))
+    return 0
+
+
+def evaluate_model(model, dataset, settings=None, trials=None, *, device="cpu", flip=False, batch_size=64,
+                   workers=0, progress=True):  # fmt: skip
+    """Run the dataset's protocol settings with the model's `embed` as the feature extractor."""
+    from .features import extract_features
+    from .protocols import evaluate
+
+    model.to(device)
+
+    def extract(records):
+        return extract_features(model, records, device=device, batch_size=batch_size, workers=workers, flip=flip,
+                                progress=progress)  # fmt: skip
+
+    return evaluate(dataset, extract, settings=settings, trials=trials, progress=progress)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .factory import build_model
+    from .protocols import merge_results, plot_cmc, write_results_json
+
+    device = resolve_device(args.device)
+    trials = [int(t) for t in args.trials.split(",")] if args.trials else None
+    layout = _layout(args.dataset, args.data_root)
+    splits: list[int | None] = [None]
+    if layout == "regdb":
+        splits = list(range(1, 11)) if args.split == "all" else [int(args.split)]
+    runs = []
+    for split in splits:
+        ckpt = args.checkpoint.format(split=split) if split is not None else args.checkpoint
+        model = build_model("vit-b-16", pretrained="openai") if ckpt == "openai" else load_checkpoint(ckpt)
+        dataset = _open_dataset(args.dataset, args.data_root, split)
+        settings = [args.mode] if args.mode else None
+        run = evaluate_model(
+            model,
+            dataset,
+            settings,
+            trials,
+            device=device,
+            flip=args.flip,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        runs.append(run)
+    results = merge_results(runs) if len(runs) > 1 else runs[0]
+    out = Path(args.out)
+    extra = {"checkpoint": args.checkpoint, "flip": args.flip, "embedding_version": model.embedding_version}
+    write_results_json(results, out / "results.json", extra)
+    plot_cmc(results, out / "cmc.png")
+    print(results.table())
+    print(f"\nwrote {out / 'results.json'} and {out / 'cmc.png'}")
     return 0

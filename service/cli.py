@@ -29,9 +29,7 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clipmc", description="CLIP-MC visible-infrared person re-identification"
-    )
+    parser = argparse.ArgumentParser(prog="clipmc", description="CLIP-MC visible-infrared person re-identification")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -1,0 +1,360 @@
+"""One-stage CLIP-MC training (DESIGN.md section 4): sampler, augmentations, losses, optimiser groups,
+warm-up and step schedule, mixed precision on CUDA, a checkpoint each epoch plus the best, resume, a
+progress bar with the losses, CSV and TensorBoard logs.
+
+    out/
+      last/  best/            inference checkpoints (model.save_checkpoint)
+      trainer_state.pt        optimiser, scheduler, heads, epoch, RNG states: what `--resume` restores
+      train_log.csv           one row per epoch
+      tensorboard/            per-step scalars
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .checkpoint import save_checkpoint
+from .clipmc import CLIPMC
+from .data.records import Record
+from .heads import TrainingHeads
+from .losses import (
+    LabelSmoothingCE,
+    batch_hard_triplet,
+    compensation_loss,
+    cross_modality_center_loss,
+    identity_contrastive,
+)
+from .sampler import IdentityModalitySampler
+from .transforms import TrainTransform
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Training arguments; every field can come from a JSON file (`--config`) or the command line."""
+
+    model: str = "vit-b-16"
+    pretrained: str | None = "openai"
+    image_size: tuple[int, int] | None = None
+    epochs: int = 60
+    warmup_epochs: int = 10
+    milestones: tuple[int, ...] = (30, 50)
+    gamma: float = 0.1
+    lr_encoder: float = 5e-6
+    lr_heads: float = 3.5e-4
+    weight_decay: float = 1e-4
+    num_ids: int = 8
+    num_per_modality: int = 4
+    max_steps_per_epoch: int | None = None
+    workers: int = 4
+    amp: bool = True
+    seed: int = 0
+    eval_every: int = 5
+    eval_trials: int = 1
+    label_smoothing: float = 0.1
+    margin: float = 0.3
+    loss_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "id_cls": 0.25,
+            "id_img": 0.25,
+            "id_full": 0.5,
+            "tri_cls": 1.0,
+            "tri_img": 1.0,
+            "tri_full": 1.0,
+            "cross_modality": 0.5,
+            "itc": 0.5,
+            "compensation": 1.0,
+            "modality": 0.1,
+        }
+    )
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: training config not found") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "training config") -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown training option(s) {unknown}; known: {sorted(names)}")
+        cfg = cls(**data)
+        if cfg.image_size is not None:
+            cfg.image_size = tuple(cfg.image_size)  # type: ignore[assignment]
+        cfg.milestones = tuple(cfg.milestones)
+        if "loss_weights" in data:
+            cfg.loss_weights = {**cls().loss_weights, **data["loss_weights"]}
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainImages(Dataset):
+    """Records -> (augmented tensor, label, modality)."""
+
+    def __init__(self, records: Sequence[Record], transform: TrainTransform) -> None:
+        self.records, self.transform = records, transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        r = self.records[i]
+        return self.transform(r.path, r.modality), r.pid, r.modality
+
+
+def _reseed_worker(worker_id: int) -> None:
+    # Each worker gets its own augmentation stream (torch seeds workers differently every epoch).
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+
+
+def lr_factor(epoch: int, warmup: int, milestones: Sequence[int], gamma: float) -> float:
+    """Linear warm-up from 0.1 to 1 over `warmup` epochs, then x gamma at each milestone."""
+    if epoch < warmup:
+        return 0.1 + 0.9 * epoch / warmup
+    return gamma ** sum(epoch >= m for m in milestones)
+
+
+EvalFn = Callable[[CLIPMC], dict[str, float]]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: CLIPMC,
+        train_records: Sequence[Record],
+        num_classes: int,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        evaluate: EvalFn | None = None,
+        dataset_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.cfg, self.out = model, cfg, Path(out_dir)
+        self.device = torch.device(device)
+        self.evaluate_fn, self.dataset_info = evaluate, dataset_info or {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.model.to(self.device)
+        self.heads = TrainingHeads(model.config.vision_width, model.config.embed_dim, num_classes).to(self.device)
+        self.sampler = IdentityModalitySampler(train_records, cfg.num_ids, cfg.num_per_modality, seed=cfg.seed)
+        transform = TrainTransform(model.config.image_size, seed=cfg.seed)
+        self.loader = DataLoader(
+            TrainImages(train_records, transform),
+            batch_sampler=self.sampler,
+            num_workers=cfg.workers,
+            worker_init_fn=_reseed_worker if cfg.workers else None,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": model.image_encoder_parameters(), "lr": cfg.lr_encoder, "name": "image_encoder"},
+                {"params": [*model.head_parameters(), *self.heads.parameters()], "lr": cfg.lr_heads, "name": "heads"},
+            ],
+            weight_decay=cfg.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: lr_factor(e, cfg.warmup_epochs, cfg.milestones, cfg.gamma)
+        )
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.id_loss = LabelSmoothingCE(cfg.label_smoothing)
+        self.start_epoch = 0
+        self.best: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.tb: Any = None  # TensorBoard writer while fit() runs
+
+    # -- one step ---------------------------------------------------------------------------------
+    def losses(self, images: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        out = self.model(images, modality)
+        h = self.heads
+        terms = {
+            "id_cls": self.id_loss(h.id_cls(out.f_cls), labels),
+            "id_img": self.id_loss(h.id_img(out.f_img), labels),
+            "id_full": self.id_loss(h.id_full(out.f_full), labels),
+            "tri_cls": batch_hard_triplet(out.f_cls, labels, cfg.margin),
+            "tri_img": batch_hard_triplet(out.f_img, labels, cfg.margin),
+            "tri_full": batch_hard_triplet(out.f_full, labels, cfg.margin),
+            "cross_modality": cross_modality_center_loss(out.f_full, labels, modality),
+            "itc": identity_contrastive(out.f_img, out.t_orig, labels),
+            "compensation": compensation_loss(out.t_comp, out.f_img, labels, modality),
+            "modality": torch.nn.functional.cross_entropy(h.modality(out.t_orig.float()), modality),
+        }
+        weights = cfg.loss_weights
+        terms["total"] = sum(weights.get(k, 0.0) * v for k, v in terms.items())
+        return terms
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.heads.train()
+        self.sampler.set_epoch(epoch)
+        sums: dict[str, float] = defaultdict(float)
+        steps = len(self.sampler)
+        if self.cfg.max_steps_per_epoch:
+            steps = min(steps, self.cfg.max_steps_per_epoch)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+        n = 0
+        for step, (images, labels, modality) in enumerate(self.loader):
+            if step >= steps:
+                break
+            images = images.to(self.device, non_blocking=True)
+            labels, modality = labels.to(self.device), modality.to(self.device)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.use_amp):
+                terms = self.losses(images, labels, modality)
+            loss = terms["total"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            values = {k: v.item() for k, v in terms.items()}
+            for k, v in values.items():
+                sums[k] += v
+            n += 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{sums['total'] / n:.3f}",
+                id=f"{values['id_full']:.2f}",
+                tri=f"{values['tri_full']:.2f}",
+                comp=f"{values['compensation']:.2f}",
+            )
+            if self.tb is not None:
+                for k, v in values.items():
+                    self.tb.add_scalar(f"loss/{k}", v, epoch * steps + step)
+        bar.close()
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        try:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                t0 = time.time()
+                row: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "lr_encoder": self.optimizer.param_groups[0]["lr"],
+                    "lr_heads": self.optimizer.param_groups[1]["lr"],
+                }
+                row.update(self.train_epoch(epoch))
+                self.scheduler.step()
+                row["alpha"] = float(self.model.mc.alpha.detach())
+                metrics: dict[str, float] = {}
+                last = epoch + 1 == self.cfg.epochs
+                if self.evaluate_fn and (last or (self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0)):
+                    metrics = self.evaluate_fn(self.model)
+                    row.update({f"eval_{k}": v for k, v in metrics.items()})
+                    for k, v in metrics.items():
+                        self.tb.add_scalar(f"eval/{k}", v, epoch + 1)
+                row["seconds"] = round(time.time() - t0, 2)
+                self.history.append(row)
+                self._write_csv(row)
+                self._save(epoch + 1, metrics)
+                log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
+        finally:
+            self.tb.close()
+        return {"history": self.history, "best": self.best, "out": str(self.out)}
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _metadata(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"epoch": epoch, "training_args": self.cfg.to_dict(), "dataset": self.dataset_info, "metrics": metrics}
+
+    def _save(self, epoch: int, metrics: dict[str, float]) -> None:
+        save_checkpoint(self.model, self.out / "last", **self._metadata(epoch, metrics))
+        score = metrics.get("mAP")
+        if score is not None and score > self.best.get("mAP", -math.inf):
+            self.best = {"epoch": epoch, **metrics}
+            tmp = self.out / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.out / "last", tmp)
+            shutil.rmtree(self.out / "best", ignore_errors=True)
+            tmp.rename(self.out / "best")
+        elif not self.evaluate_fn and epoch == self.cfg.epochs:
+            shutil.rmtree(self.out / "best", ignore_errors=True)
+            shutil.copytree(self.out / "last", self.out / "best")
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "heads": self.heads.state_dict(),
+            "best": self.best,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "transform_rng": self.loader.dataset.transform.rng.bit_generator.state,
+        }
+        tmp_state = self.out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp_state)
+        tmp_state.replace(self.out / STATE_FILE)
+
+    def resume(self) -> int:
+        """Restore optimiser, scheduler, heads, RNGs and epoch from `out/`; returns the next epoch."""
+        from .checkpoint import load_checkpoint
+
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            raise ValueError(f"{path}: nothing to resume (no trainer state in {self.out})")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(load_checkpoint(self.out / "last").state_dict())
+        self.model.to(self.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.heads.load_state_dict(state["heads"])
+        torch.set_rng_state(state["torch_rng"])
+        self.loader.dataset.transform.rng.bit_generator.state = state["transform_rng"]
+        self.best, self.history = state["best"], state["history"]
+        self.start_epoch = int(state["epoch"])
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+        return self.start_epoch
+
+    def _write_csv(self, row: dict[str, Any]) -> None:
+        path = self.out / "train_log.csv"
+        keys = list(row)
+        new = not path.exists()
+        if not new:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            keys = header + [k for k in row if k not in header]
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    keys = ("total", "id_full", "tri_full", "compensation", "alpha", "eval_R1", "eval_mAP", "seconds")
+    return " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
