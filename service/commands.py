@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,10 +201,20 @@ class IngestClient:
         rel = path.relative_to(self.root).as_posix()
         return {"external_id": rel, "modality": self.modality, "camera": self.camera, "metadata": {"path": rel}}
 
-    def post(self, paths: list[Path]) -> Any:
+    def post(self, paths: list[Path], retries: int = 5) -> Any:
+        """One request; a 503 (warming up, overloaded) is retried after the server's Retry-After."""
         files = [("images", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
         data = {"items": json.dumps([self._item(p) for p in paths])}
-        return self.http.post("/gallery/ingest", files=files, data=data)
+        for _ in range(retries):
+            response = self.http.post("/gallery/ingest", files=files, data=data)
+            if response.status_code != 503:
+                break
+            try:
+                delay = float(response.headers.get("retry-after", "2"))
+            except ValueError:
+                delay = 2.0
+            time.sleep(min(max(delay, 0.1), 30.0))
+        return response
 
 
 def _error_text(response: Any) -> str:

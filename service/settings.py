@@ -154,8 +154,8 @@ class Settings(BaseSettings):
     # limits
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=64)
-    max_image_pixels: int = Field(40_000_000, ge=64, le=89_478_485)  # <= Pillow's own bomb limit
-    max_image_side: int = Field(10_000, ge=8)
+    max_image_pixels: int = Field(4096 * 4096, ge=64, le=89_478_485)  # <= Pillow's own bomb limit
+    max_image_side: int = Field(8192, ge=8)
     max_files: int = Field(256, ge=1)
     image_formats: Annotated[tuple[str, ...], NoDecode] = DEFAULT_FORMATS
 

@@ -63,6 +63,22 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+class GatedEmbedder:
+    """Wraps an embedder so that warm-up waits for the test: makes /readyz observable."""
+
+    def __init__(self, inner: Any, gate: threading.Event) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def warmup(self) -> None:
+        if not self._gate.wait(30):
+            raise TimeoutError("gate never opened")
+        self._inner.warmup()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class LiveServer:
     """A uvicorn server on a free loopback port, in a thread, with the app's lifespan."""
 

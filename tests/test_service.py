@@ -18,6 +18,7 @@ from tests.service_fixtures import (
     INFRARED_CAMERA,
     KEYS,
     VISIBLE_CAMERAS,
+    GatedEmbedder,
     crop_array,
     crop_bytes,
     encode,
@@ -434,22 +435,6 @@ def test_dynamic_batching_coalesces_concurrent_queries(tmp_path, embedder, max_b
 
 
 # -- readiness and start-up checks ------------------------------------------------------------------
-
-
-class GatedEmbedder:
-    """Wraps an embedder so that warm-up waits for the test: makes /readyz observable."""
-
-    def __init__(self, inner: Any, gate: threading.Event) -> None:
-        self._inner = inner
-        self._gate = gate
-
-    def warmup(self) -> None:
-        if not self._gate.wait(30):
-            raise TimeoutError("gate never opened")
-        self._inner.warmup()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def test_readyz_turns_ready_only_after_warmup(tmp_path, embedder):

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from service.cli import main
-from tests.service_fixtures import KEYS, crop_bytes, live_server, settings_for, truncated_jpeg
+from tests.service_fixtures import KEYS, GatedEmbedder, crop_bytes, live_server, settings_for, truncated_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,23 @@ def test_ingest_command_is_idempotent_and_skips_bad_files(tmp_path, embedder, ca
 
         assert main([*args, "--api-key", "wrong-key-000000"]) == 2
         assert "invalid API key" in capsys.readouterr().err
+
+
+def test_ingest_command_waits_for_a_warming_server(tmp_path, embedder, capsys):
+    from service.app import create_app
+
+    folder = _crop_folder(tmp_path)
+    gate = threading.Event()
+    app = create_app(settings_for(tmp_path), embedder=GatedEmbedder(embedder, gate))
+    with live_server(app, ready=False) as srv:
+        opener = threading.Timer(1.0, gate.set)  # warm-up ends while the command is retrying its 503s
+        opener.start()
+        try:
+            code = main(["ingest", str(folder), "--camera", "2", "--modality", "visible", "--url", srv.url])
+        finally:
+            opener.cancel()
+            gate.set()
+    assert code == 1 and "4 added" in capsys.readouterr().out
 
 
 def test_ingest_command_errors(tmp_path, capsys):
