@@ -199,9 +199,25 @@ def bench_gallery(
         out["gallery_search_filtered"] = time_single(lambda q: gallery.search(q, TOP_K, infrared), single)
         gallery.close()
         started = time.perf_counter()
-        Gallery(workdir / "g").close()
+        Gallery(workdir / "g", index=IndexConfig(kind="flat")).close()
         out["ingest"]["reopen_s"] = time.perf_counter() - started
         logger.info("n=%d ingest: %s", n, out["ingest"])
+        if n >= args.gallery_ivf_min:
+            # What the gallery does on its own past IndexConfig.ivf_threshold: train, add, measure
+            # recall@10 at its nprobe, snapshot; then end-to-end search on that index.
+            started = time.perf_counter()
+            gallery = Gallery(workdir / "g", index=IndexConfig(kind="ivf"))
+            index = gallery.stats()["index"]
+            out["gallery_ivf"] = {
+                "switch_s": time.perf_counter() - started,
+                "nlist": index["nlist"],
+                "nprobe": index["nprobe"],
+                "recall_at_10": index["recall_at_10"],
+                "search": time_single(lambda q: gallery.search(q, TOP_K), single),
+                "search_filtered": time_single(lambda q: gallery.search(q, TOP_K, infrared), single),
+            }
+            gallery.close()
+            logger.info("n=%d gallery ivf: %s", n, out["gallery_ivf"])
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -260,15 +276,17 @@ def machine() -> dict[str, Any]:
         "faiss": faiss.__version__,
         "faiss_gpus": faiss.get_num_gpus(),
         "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        "faiss_omp_threads": faiss.omp_get_max_threads(),
     }
 
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; numpy {info['numpy']}, "
-        f"faiss {info['faiss']} (CPU). dim {results[0]['dim']}, top-{TOP_K}, float32 (NumPy too). "
-        "Latency: one query at a time; batched QPS: batches of queries. Synthetic clustered data "
-        f"(latent dim {results[0]['latent_dim'] or 'none: isotropic'}). 1-min load average during the runs: "
+        f"faiss {info['faiss']} (CPU, {info['faiss_omp_threads']} OpenMP threads). dim {results[0]['dim']}, "
+        f"top-{TOP_K}, float32 (NumPy too). Latency: one query at a time; batched QPS: batches of queries. "
+        f"Synthetic clustered data (latent dim {results[0]['latent_dim'] or 'none: isotropic'}). "
+        "1-min load average before-after each size: "
         + ", ".join(f"{r['load_before']}-{r['load_after']}" for r in results)
         + ".",
         "",
@@ -277,40 +295,48 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     ]
 
     def row(n: int, name: str, stats: dict[str, Any], recall: str = "1.000") -> None:
+        batched = f"{stats['batched_qps']:.0f}" if "batched_qps" in stats else "–"
         lines.append(
             f"| {n:,} | {name} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} | {stats['single_qps']:.0f} | "
-            f"{stats['batched_qps']:.0f} | {recall} |"
+            f"{batched} | {recall} |"
         )
 
     for r in results:
-        row(r["n"], "NumPy brute force", r["numpy"])
-        row(r["n"], "FAISS exact (IndexFlatIP)", r["faiss_flat"])
+        n = r["n"]
+        row(n, "NumPy brute force", r["numpy"])
+        row(n, "FAISS exact (IndexFlatIP)", r["faiss_flat"])
         for p in r["ivf"]["nprobe"]:
-            row(r["n"], f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}", p, f"{p['recall_at_10']:.3f}")
-        for key, name in (
-            ("gallery_search", "Gallery.search (flat + SQLite)"),
-            ("gallery_search_filtered", "Gallery.search, modality filter"),
-        ):
-            if key in r:
-                s = r[key]
-                lines.append(
-                    f"| {r['n']:,} | {name} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['single_qps']:.0f} "
-                    "| – | 1.000 |"
-                )
+            row(n, f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}", p, f"{p['recall_at_10']:.3f}")
+        if "gallery_search" in r:
+            row(n, "Gallery.search, exact", r["gallery_search"])
+            row(n, "Gallery.search, exact + modality filter", r["gallery_search_filtered"])
+        g = r.get("gallery_ivf")
+        if g:
+            name = f"Gallery.search, IVF nprobe={g['nprobe']}"
+            recall = f"{g['recall_at_10']:.3f}*"
+            row(n, name, g["search"], recall)
+            row(n, name + " + modality filter", g["search_filtered"], recall)
     lines += [
         "",
-        "| gallery | ingest items/s (Gallery.add, batches) | snapshot s | reopen s | SQLite GB | IVF build s |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "Gallery.search includes the filter mask and fetching the hits' items from SQLite. "
+        "*: recall@10 the gallery measured itself when it built the index (100 stored vectors as queries, "
+        "each query's own item left out).",
+        "",
+        "| gallery | ingest items/s (Gallery.add) | snapshot s | reopen s | SQLite GB | FAISS IVF build s "
+        "| gallery switch to IVF s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ingest = r.get("ingest")
+        switch = f"{r['gallery_ivf']['switch_s']:.1f}" if "gallery_ivf" in r else "–"
         if ingest:
             lines.append(
-                f"| {r['n']:,} | {ingest['items_per_s']:.0f} (batch {ingest['batch']}) | {ingest['snapshot_s']:.1f} | "
-                f"{ingest['reopen_s']:.1f} | {ingest['database_gb']:.2f} | {r['ivf']['build_s']:.1f} |"
+                f"| {r['n']:,} | {ingest['items_per_s']:.0f} (batches of {ingest['batch']}) | "
+                f"{ingest['snapshot_s']:.1f} | {ingest['reopen_s']:.1f} | {ingest['database_gb']:.2f} | "
+                f"{r['ivf']['build_s']:.1f} | {switch} |"
             )
         else:
-            lines.append(f"| {r['n']:,} | – | – | – | – | {r['ivf']['build_s']:.1f} |")
+            lines.append(f"| {r['n']:,} | – | – | – | – | {r['ivf']['build_s']:.1f} | – |")
     return "\n".join(lines) + "\n"
 
 
@@ -360,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-dim", type=int, default=64, help="identity centres' subspace (0: isotropic)")
     parser.add_argument("--ingest-batch", type=int, default=1000, help="items per Gallery.add call")
     parser.add_argument("--ingest-max", type=int, default=10**9, help="skip the ingest phase above this size")
+    parser.add_argument(
+        "--gallery-ivf-min", type=int, default=100_000, help="from this size, also time the gallery's own IVF switch"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's)")
     parser.add_argument("--workdir", default=None, help="where the ingest gallery is written (default: temp dir)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--seed", type=int, default=0)
@@ -368,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 100 for n in args.sizes):
         parser.error("sizes must be at least 100")
 
+    if args.threads:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
     info = machine()
     logger.info("machine: %s", info)
     results = []

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:

@@ -376,7 +376,8 @@ class FaissGallery(BaseGallery):
             return None, f"unreadable snapshot: {exc}"
         if index.dim != self.dim:
             return None, "snapshot has another dimension"
-        index.recall_at_10 = meta.get("recall_at_10")
+        if meta.get("nprobe") in (None, index.nprobe):  # recall was measured at the snapshot's nprobe
+            index.recall_at_10 = meta.get("recall_at_10")
         # Replay. Removing every touched id before re-adding the live ones makes this idempotent, so it
         # is also right when the snapshot already holds some of these changes.
         removed = self._store.tombstones_after(seq)
@@ -634,6 +635,7 @@ class FaissGallery(BaseGallery):
             "kind": index.kind,
             "ntotal": index.ntotal,
             "nlist": index.nlist,
+            "nprobe": index.nprobe if index.kind == "ivf" else None,
             "recall_at_10": index.recall_at_10,
             "index_bytes": index_path.stat().st_size,
             "written_at": time.time(),

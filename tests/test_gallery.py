@@ -181,6 +181,14 @@ def test_ivf_recall_is_measured_and_auto_switch(tmp_path: Path, rng: np.random.G
         assert reopened.stats()["index"]["kind"] == "ivf"
         assert reopened.stats()["index"]["recall_at_10"] == pytest.approx(1.0)
         assert_matches_reference(reopened, reference, queries, 10)
+    fewer_probes = IndexConfig(kind="auto", ivf_threshold=500, nlist=8, nprobe=2)
+    with Gallery(tmp_path / "g", DIM, VERSION, index=fewer_probes) as reopened:
+        index = reopened.stats()["index"]
+        assert (index["kind"], index["nprobe"]) == ("ivf", 2)
+        assert index["recall_at_10"] is None  # measured at another nprobe: not reported as this one's
+        for filters in FILTERS:  # fewer probes, yet filtered searches still fill their top-k
+            for query, hits in zip(queries, reopened.search(queries, 10, filters), strict=True):
+                assert len(hits) == len(reference.search(query, 10, filters)[0])
 
 
 def test_reingest_with_same_external_ids_adds_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
