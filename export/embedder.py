@@ -314,6 +314,11 @@ def create_embedder(
     or tensorrt which builds an engine from it) or an `.engine` file (tensorrt; its sidecar JSON holds
     the embedding_version). For backend "tensorrt" a checkpoint or ONNX file is exported / built into
     `engine_dir` through the engine cache, which is what a deployment does on first start.
+
+    Raises EmbedderError (a ValueError) for an unknown back-end, precision, device or file kind and for a
+    missing package (naming the pip extra); the model's own errors pass through unchanged:
+    `model.checkpoint.CheckpointError` (ValueError) for a bad checkpoint and
+    `model.factory.PretrainedWeightsError` (RuntimeError) when "openai" weights cannot be obtained.
     """
     backend = str(backend).strip().lower()
     if backend not in BACKENDS:
@@ -327,7 +332,8 @@ def create_embedder(
             raise EmbedderError(
                 f"the torch back-end needs a checkpoint directory or 'openai', got the {kind} file {weights}"
             )
-        _require_torch_device(device)
+        if _torch_device(device).type != "cuda" and precision == "fp16":  # fail before loading weights
+            raise EmbedderError("the torch back-end runs fp16 on CUDA only: use device='cuda' or precision='fp32'")
         model, version = load_model_weights(weights)
         return TorchEmbedder(model, device=device, precision=precision, batch_sizes=sizes, embedding_version=version)
     if backend == "onnxruntime":
@@ -371,10 +377,6 @@ def weights_kind(weights: str | os.PathLike) -> str:
     if not p.exists():
         raise EmbedderError(f"{p}: weights not found (a checkpoint directory, 'openai', .onnx or .engine)")
     raise EmbedderError(f"{p}: not a checkpoint directory, 'openai', an .onnx or an .engine file")
-
-
-def _require_torch_device(device: str) -> None:
-    _torch_device(device)
 
 
 def _export_to_cache(weights: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Path:

@@ -19,6 +19,7 @@ so `fold_constants` below finishes the job.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -62,11 +63,7 @@ def export_onnx(
     `check` runs `onnx.checker` (full check, with shape inference) and a 2-image parity check against
     torch with ONNX Runtime, so a broken export never reaches a deployment.
     """
-    import onnx
     import torch
-
-    from model.clipmc import EmbeddingGraph
-    from model.version import preprocess_config
 
     if opset < MIN_OPSET:
         raise ExportError(
@@ -74,7 +71,25 @@ def export_onnx(
             f"ONNX Runtime >= 1.14 read it); use --opset {DEFAULT_OPSET}"
         )
     out = Path(out)
-    model = model.eval().float().cpu()
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        # Export traces an fp32 CPU copy: the caller's model (perhaps serving on a GPU) stays where it is.
+        model = copy.deepcopy(model).to("cpu", torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        return _export(model, out, opset, embedding_version, check)
+    finally:
+        model.train(was_training)
+
+
+def _export(model: CLIPMC, out: Path, opset: int, embedding_version: str | None, check: bool) -> Path:
+    import onnx
+    import torch
+
+    from model.clipmc import EmbeddingGraph
+    from model.version import preprocess_config
+
     version = embedding_version or model.embedding_version
     h, w = model.config.image_size
     graph = EmbeddingGraph(model).eval()
@@ -292,6 +307,7 @@ def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
     os.close(fd)
     try:
         onnx.save(proto, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service may run as another user
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -62,13 +62,16 @@ class OnnxRuntimeEmbedder(Embedder):
                 "onnxruntime runs fp16 only through the TensorRT execution provider: use device='tensorrt' "
                 "(or the tensorrt back-end), or precision='fp32'"
             )
+        model_precision = meta.get("precision", "fp32")  # "int8" for `clipmc export onnx --int8` models
+        if model_precision != "fp32" and precision != "fp32":
+            raise EmbedderError(f"{path}: an {model_precision} model runs as it is: use precision='fp32'")
         super().__init__(
             embedding_dim=meta["embedding_dim"],
             embedding_version=meta["embedding_version"],
             image_size=meta["image_size"],
             batch_sizes=batch_sizes,
             device=device,
-            precision=precision,
+            precision=precision if model_precision == "fp32" else model_precision,
         )
         self.onnx_path = path
         self.metadata = meta

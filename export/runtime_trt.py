@@ -127,8 +127,11 @@ class TensorRTEmbedder(Embedder):
                 self._host_modality[n:padded].zero_()
             self._image[:padded].copy_(self._host_image[:padded], non_blocking=True)
             self._modality[:padded].copy_(self._host_modality[:padded], non_blocking=True)
-            self.context.set_input_shape("image", (padded, 3, h, w))
-            self.context.set_input_shape("modality", (padded,))
+            if not (
+                self.context.set_input_shape("image", (padded, 3, h, w))
+                and self.context.set_input_shape("modality", (padded,))
+            ):
+                raise EmbedderError(f"{self.engine_path}: batch {padded} is outside the engine's profile")
             if not self.context.execute_async_v3(self._stream.cuda_stream):
                 raise EmbedderError(f"{self.engine_path}: TensorRT execution failed (batch {padded})")
             self._host_output[:n].copy_(self._output[:n], non_blocking=True)

@@ -19,10 +19,11 @@ from .embedder import Embedder
 
 log = logging.getLogger(__name__)
 
-COSINE_THRESHOLD = {"fp32": 0.99999, "fp16": 0.999}
+COSINE_THRESHOLD = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
 # Reference-score gaps below which two gallery items count as tied: reordering them is numerical noise of
-# the precision, not a ranking change (fp16 scores carry ~1e-3 error; fp32 ~1e-7).
-TIE_TOLERANCE = {"fp32": 1e-6, "fp16": 2e-3}
+# the precision, not a ranking change (fp16 scores carry ~1e-3 error; fp32 ~1e-7). INT8 (dynamic
+# quantisation, CPU) is an opt-in approximation with its own, looser gate.
+TIE_TOLERANCE = {"fp32": 1e-6, "fp16": 2e-3, "int8": 2e-2}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 

@@ -16,7 +16,7 @@ from service.cli import main
 @pytest.fixture(scope="module")
 def cli_onnx(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("cli") / "tiny.onnx"
-    assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--int8"]) == 0
     return out
 
 
@@ -50,6 +50,24 @@ def test_export_then_verify_passes(cli_onnx, tiny_checkpoint, tmp_path, capsys):
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["rows"][0]["min_cosine"] >= 0.99999
     assert report["rows"][0]["topk_identical"]
+
+
+def test_int8_model_keeps_the_contract_and_passes_its_gate(cli_onnx, tiny_checkpoint, capsys):
+    """--int8 wrote a dynamically quantised copy: same version and interface, precision int8, parity
+    measured against torch with the INT8 gate (cosine >= 0.99)."""
+    from export import create_embedder
+    from export.onnx_export import read_onnx_metadata
+
+    int8 = cli_onnx.with_suffix(".int8.onnx")
+    meta, fp32_meta = read_onnx_metadata(int8), read_onnx_metadata(cli_onnx)
+    assert meta["precision"] == "int8" and meta["embedding_version"] == fp32_meta["embedding_version"]
+    assert int8.stat().st_size < cli_onnx.stat().st_size
+    assert create_embedder("onnxruntime", int8).precision == "int8"
+    code = main(["verify", "--checkpoint", str(tiny_checkpoint), "--onnx", str(int8), "--n", "12", "--json", "-"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = json.loads(out[out.index("{") :])["rows"][0]
+    assert row["threshold"] == 0.99 and row["min_cosine"] >= 0.99
 
 
 def test_verify_on_a_folder_of_crops(cli_onnx, tiny_checkpoint, tmp_path, capsys):
