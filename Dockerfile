@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# The clipmc re-identification service for a GPU host: TensorRT FP16 engine, FAISS (GPU) or Milvus gallery.
+# The clipmc re-identification service for a GPU host: TensorRT FP16 engine, FAISS or Milvus gallery.
 #
 #   docker build -t clipmc:0.1.0 .          # or: docker compose build
 #
@@ -10,7 +10,7 @@
 # that venv: no apt lists, pip cache, source tree or build tools. TensorRT (the C++ libraries, trtexec
 # and the Python bindings) comes from the base image; the venv sees the base's `tensorrt` module through
 # --system-site-packages, and every other package is installed into the venv with --ignore-installed,
-# so the venv holds exactly the set that tests/test_deploy.py resolves, whatever the base ships.
+# so the venv holds exactly the set that tests/test_deploy_env.py resolves, whatever the base ships.
 #
 # The base pins TensorRT 10 (the TensorRT 10 API only, DESIGN.md section 6), Ubuntu 24.04 and Python 3.12.
 # Its CUDA and the CUDA 13 build of torch need an NVIDIA driver R580 or newer on the host.
