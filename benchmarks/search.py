@@ -352,6 +352,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     left.plot(sizes, [r["faiss_flat"]["p50_ms"] for r in results], "s-", label="FAISS exact")
     if all("gallery_search" in r for r in results):
         left.plot(sizes, [r["gallery_search"]["p50_ms"] for r in results], "^-", label="Gallery.search (exact)")
+    ivf_points = [(r["n"], r["gallery_ivf"]["search"]["p50_ms"]) for r in results if "gallery_ivf" in r]
+    if ivf_points:
+        nprobe = next(r["gallery_ivf"]["nprobe"] for r in results if "gallery_ivf" in r)
+        left.plot(*zip(*ivf_points, strict=True), "v-", label=f"Gallery.search (IVF nprobe={nprobe})")
     probes = sorted({p["nprobe"] for r in results for p in r["ivf"]["nprobe"]})
     for nprobe in probes[1:3]:
         points = [(r["n"], p["p50_ms"]) for r in results for p in r["ivf"]["nprobe"] if p["nprobe"] == nprobe]
@@ -393,8 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the ingest gallery is written (default: temp dir)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-json", type=Path, default=None, help="only re-render the table and plot of a run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "search.md").write_text(markdown(saved["results"], saved["machine"]))
+        plot(saved["results"], args.out / "search.png")
+        print(f"wrote {args.out / 'search.md'} and {args.out / 'search.png'}")
+        return 0
     if any(n < 100 for n in args.sizes):
         parser.error("sizes must be at least 100")
 

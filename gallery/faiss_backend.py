@@ -331,9 +331,6 @@ class FaissGallery(BaseGallery):
         started = time.perf_counter()
         index, reason = self._load_snapshot()
         rebuilt = index is None
-        if index is not None and self._wanted_kind(self._columns.count, index.kind) != index.kind:
-            reason = f"the gallery now wants a {self._wanted_kind(self._columns.count, index.kind)} index"
-            index, rebuilt = None, True
         if index is None:
             logger.info("building the gallery index from the database (%s)", reason)
             index = self._build_index(self._wanted_kind(self._columns.count, None), in_transaction=True)
@@ -368,6 +365,9 @@ class FaissGallery(BaseGallery):
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
             return None, f"snapshot does not match ({', '.join(failed)})"
+        wanted = self._wanted_kind(self._columns.count, meta.get("kind"))
+        if meta.get("kind") != wanted:  # decided before reading a possibly large file for nothing
+            return None, f"the gallery now wants a {wanted} index, the snapshot is {meta.get('kind')}"
         if seq > self._applied_seq:
             return None, f"snapshot covers change {seq} but the database ends at {self._applied_seq}"
         try:
