@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +53,54 @@ def resolve_pretrained(config: ModelConfig, pretrained: str, cache_dir: str | No
             f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {config.open_clip_name} "
             f"(tags: {oc_pretrained.list_pretrained_tags_by_model(config.open_clip_name)})"
         )
+    advice = (
+        f"With no network, download them once on a connected machine (open_clip caches them, here under "
+        f"{cache_dir or 'the Hugging Face cache'}) or point at a local open_clip checkpoint file: "
+        "--weights /path/to/open_clip_model.safetensors (environment: CLIPMC_WEIGHTS)"
+    )
+    cached = _cached_hub_file(tag_cfg, cache_dir)
+    if cached:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _reachable("huggingface.co"):
+        # Fail in a second rather than after huggingface_hub's retries.
+        raise PretrainedWeightsError(
+            f"the {pretrained!r} {config.open_clip_name} weights are not cached and the Hugging Face Hub is not "
+            f"reachable. {advice}"
+        )
     try:
         path = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as exc:  # network errors surface as many types from huggingface_hub/urllib
         raise PretrainedWeightsError(
             f"could not obtain the {pretrained!r} {config.open_clip_name} weights ({type(exc).__name__}: "
-            f"{exc}). With no network, download them once on a connected machine (open_clip caches them, "
-            f"here under {cache_dir or 'the Hugging Face cache'}) or point at a local open_clip checkpoint "
-            "file: --weights /path/to/open_clip_model.safetensors (environment: CLIPMC_WEIGHTS)"
+            f"{exc}). {advice}"
         ) from exc
     if not path:
         raise PretrainedWeightsError(f"open_clip returned no file for {config.open_clip_name}/{pretrained}")
     return path
+
+
+def _cached_hub_file(tag_cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    """The weights file open_clip would download, if it is already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    for name in [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def build_model(

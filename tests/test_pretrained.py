@@ -77,3 +77,18 @@ def test_unknown_tag_and_tiny_without_weights_are_clear_errors():
         build_model("vit-b-16", pretrained="no-such-tag")
     with pytest.raises(PretrainedWeightsError, match="no published weights"):
         build_model("tiny", pretrained="openai")
+
+
+def test_openai_weights_come_from_the_local_hub_cache_without_network(tmp_path, monkeypatch):
+    """A connected machine's download is reused offline: the cached file is found, nothing is fetched."""
+    from model.factory import resolve_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    weights = snapshot / "open_clip_model.safetensors"
+    weights.write_bytes(b"cached")
+    assert resolve_pretrained(get_config("vit-b-16"), "openai", cache_dir=str(tmp_path)) == str(weights)
