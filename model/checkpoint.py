@@ -71,9 +71,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     directory = _checkpoint_dir(path)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
-        raise CheckpointError(
-            f"{cfg_path}: missing (a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
+        raise CheckpointError(f"{cfg_path}: missing (a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

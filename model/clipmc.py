@@ -59,9 +59,7 @@ class CrossAttentionBlock(nn.Module):
 class ITPG(nn.Module):
     """Instance text prompt generation: M image-conditioned queries -> pseudo-word token embeddings."""
 
-    def __init__(
-        self, dim: int, token_dim: int, n_queries: int, layers: int, heads: int, token_norm: float
-    ) -> None:
+    def __init__(self, dim: int, token_dim: int, n_queries: int, layers: int, heads: int, token_norm: float) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(n_queries, dim) * dim**-0.5)
         self.condition = nn.Linear(dim, dim)
@@ -88,9 +86,7 @@ class ModalityContextLearner(nn.Module):
         super().__init__()
         self.n_ctx, self.token_dim, self.momentum = n_ctx, token_dim, momentum
         self.ctx = nn.Parameter(torch.randn(2, n_ctx, token_dim) * 0.02)
-        self.mlp = nn.Sequential(
-            nn.Linear(feat_dim, feat_dim), nn.GELU(), nn.Linear(feat_dim, n_ctx * token_dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(feat_dim, feat_dim), nn.GELU(), nn.Linear(feat_dim, n_ctx * token_dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.register_buffer("running_mean", torch.zeros(2, feat_dim))

@@ -111,8 +111,7 @@ def get_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides: 
             cfg = ModelConfig.from_dict(json.load(f))
     else:
         raise ValueError(
-            f"unknown model configuration {name_or_config!r}: "
-            f"use one of {sorted(NAMED_CONFIGS)} or a JSON file path"
+            f"unknown model configuration {name_or_config!r}: use one of {sorted(NAMED_CONFIGS)} or a JSON file path"
         )
     if overrides:
         if "image_size" in overrides and overrides["image_size"] is not None:

@@ -21,9 +21,7 @@ from model.preprocess import (
 
 
 def _unnormalise(x: np.ndarray) -> np.ndarray:
-    return (
-        x * np.asarray(CLIP_STD, np.float32)[:, None, None] + np.asarray(CLIP_MEAN, np.float32)[:, None, None]
-    )
+    return x * np.asarray(CLIP_STD, np.float32)[:, None, None] + np.asarray(CLIP_MEAN, np.float32)[:, None, None]
 
 
 def _image(mode: str) -> Image.Image:
