@@ -106,5 +106,5 @@ def test_openai_offline_is_a_clear_error(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-clipmc-test-cache")
-    with pytest.raises(PretrainedWeightsError, match="could not obtain"):
+    with pytest.raises(PretrainedWeightsError, match="not cached and the Hugging Face Hub is not reachable"):
         create_embedder("torch", "openai")

@@ -116,6 +116,10 @@ def test_serve_offline_openai_weights_is_one_line(tmp_path, monkeypatch, capsys)
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
+    # The hub looks reachable but the download fails: the error still ends the command in one line.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("model.factory._reachable", lambda *a, **k: True)
+    monkeypatch.setattr("model.factory._cached_hub_file", lambda *a, **k: None)
     monkeypatch.setattr(pretrained, "download_pretrained", offline)
     code = main(["serve", "--weights", "openai", "--gallery", str(tmp_path / "g")])
     err = capsys.readouterr().err
