@@ -82,7 +82,7 @@ function renderResults(body) {
     loadThumbnail(img, hit.id);
   });
   $("summary").textContent =
-    body.results.length + " result(s) for an " + body.query_modality + " query in " + body.took_ms.toFixed(1) + " ms";
+    body.results.length + " result(s) for the " + body.query_modality + " query in " + body.took_ms.toFixed(1) + " ms";
 }
 
 async function search(event) {
