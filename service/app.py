@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -154,7 +155,8 @@ def create_app(settings: Settings, embedder: Embedder | None = None, gallery: An
         finally:
             await _stop(state)
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from packaged files: /docs works on an air-gapped host.
+    app = FastAPIOffline(
         title="CLIP-MC re-identification service",
         summary="Visible-infrared person re-identification: query a crop, get the matching sightings.",
         version="1",
