@@ -1,6 +1,6 @@
 # Two commands that work on a fresh machine; both create and reuse .venv.
 #   make test    ruff + pytest (installs the dev extra; Chromium from Debian for the web-page test)
-#   make serve   the service on 127.0.0.1:8000 with its embedded defaults
+#   make serve   the service on 127.0.0.1:8000 with its embedded defaults (make serve ARGS='--weights DIR')
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -32,7 +32,7 @@ test: lint system-deps
 	$(BIN)/python -m pytest -q
 
 serve: $(STAMP)
-	$(BIN)/clipmc serve
+	$(BIN)/clipmc serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

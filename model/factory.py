@@ -55,8 +55,9 @@ def resolve_pretrained(config: ModelConfig, pretrained: str, cache_dir: str | No
         )
     advice = (
         f"With no network, download them once on a connected machine (open_clip caches them, here under "
-        f"{cache_dir or 'the Hugging Face cache'}) or point at a local open_clip checkpoint file: "
-        "--weights /path/to/open_clip_model.safetensors (environment: CLIPMC_WEIGHTS)"
+        f"{cache_dir or 'the Hugging Face cache'}) or point at local weights: --weights PATH, a trained "
+        "CLIP-MC checkpoint folder or an open_clip ViT-B-16 file such as open_clip_model.safetensors "
+        "(environment: CLIPMC_WEIGHTS)"
     )
     cached = _cached_hub_file(tag_cfg, cache_dir)
     if cached:
