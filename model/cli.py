@@ -134,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("%s", dataset.summary())
     model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
     settings = list(dataset.settings)[:1]
-    trials = list(range(cfg.eval_trials))
+    # The setting's own first trials: gallery draws 0.. for SYSU/LLCM, the loaded split for RegDB.
+    trials = list(dataset.setting(settings[0]).trials[: cfg.eval_trials])
 
     def evaluate(m) -> dict[str, float]:
         results = evaluate_model(m, dataset, settings, trials, device=device, workers=0)

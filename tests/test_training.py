@@ -175,3 +175,28 @@ def test_train_cli_bad_dataset_is_one_line(tmp_path, capsys):
     assert main(_train_args(tmp_path, tmp_path / "no-such", tmp_path / "o", epochs=1)) == 2
     err = capsys.readouterr().err
     assert "no-such" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("layout", ["regdb", "llcm"])
+def test_train_and_evaluate_cli_on_regdb_and_llcm_layouts(tmp_path, layout):
+    """Training-time evaluation uses each protocol's own trials (for RegDB: the loaded split)."""
+    from model.synth import generate
+    from service.cli import main
+
+    root = tmp_path / layout
+    generate(layout, root, 8, seed=5, images_per_camera=2, size=(64, 32), progress=False)
+    split = ["--split", "2"] if layout == "regdb" else []
+    out = tmp_path / "run"
+    args = _train_args(tmp_path, root, out, epochs=1)
+    args[args.index("sysu")] = layout
+    assert main([*args, *split]) == 0
+    meta = json.loads((out / "last" / "config.json").read_text())["metadata"]
+    assert meta["dataset"]["eval_trials"] == ([2] if layout == "regdb" else [0])
+    ev = ["evaluate", "--checkpoint", str(out / "best"), "--dataset", layout, "--data-root", str(root),
+          "--workers", "0", "--out", str(tmp_path / "eval"), *split]  # fmt: skip
+    if layout == "llcm":
+        ev += ["--trials", "0"]
+    assert main(ev) == 0
+    settings = json.loads((tmp_path / "eval" / "results.json").read_text())["settings"]
+    expected = {"regdb": {"visible_to_thermal", "thermal_to_visible"}, "llcm": {"ir_to_visible", "visible_to_ir"}}
+    assert set(settings) == expected[layout]
