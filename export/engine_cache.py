@@ -26,6 +26,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from model.version import file_sha256
+
 log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = "clipmc-trt-engine/1"
@@ -116,7 +118,7 @@ def read_sidecar(engine_path: str | os.PathLike, *, verify_hash: bool = False) -
         raise EngineCacheError(f"{sidecar}: not a CLIP-MC engine sidecar (format != {SIDECAR_FORMAT!r})")
     if meta.get("engine_bytes") != engine.stat().st_size:
         raise EngineCacheError(f"{engine}: size differs from its sidecar (truncated or replaced)")
-    if verify_hash and meta.get("engine_sha256") != _file_sha256(engine):
+    if verify_hash and meta.get("engine_sha256") != file_sha256(engine):
         raise EngineCacheError(f"{engine}: sha256 differs from its sidecar (corrupt or replaced)")
     return meta
 
@@ -199,11 +201,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -214,14 +213,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def onnx_opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_weights(weights: str | os.PathLike) -> tuple[CLIPMC, str]:

@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.version import file_sha256
+
 from .embedder import GPU_EXTRA, EmbedderError, normalize_batch_sizes
 from .engine_cache import EngineKey, batch_profile, cached_engine, make_key
-from .onnx_export import ExportError, file_sha256, read_onnx_metadata
+from .onnx_export import ExportError, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ ONNX metadata, engine cache keys and galleries: vectors of two versions must nev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .clipmc import CLIPMC
 from .config import ModelConfig
-from .version import compute_embedding_version, preprocess_config
+from .version import compute_embedding_version, file_sha256, preprocess_config
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def save_checkpoint(model: CLIPMC, path: str | os.PathLike, **metadata: Any) -> 
         "preprocessing": pre.to_dict(),
         "embedding_version": version,
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": _file_sha256(weights_tmp),
+        "weights_sha256": file_sha256(weights_tmp),
         "metadata": metadata,
     }
     config_tmp = _tmp_name(out, CONFIG_FILE)
@@ -93,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     weights = directory / cfg.get("weights_file", WEIGHTS_FILE)
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing weights file")
-    actual = _file_sha256(weights)
+    actual = file_sha256(weights)
     if actual != cfg["weights_sha256"]:
         raise CheckpointError(
             f"{weights}: sha256 {actual[:12]}... does not match config.json ({cfg['weights_sha256'][:12]}...): "
@@ -140,11 +139,3 @@ def _tmp_name(directory: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
     os.close(fd)
     return Path(tmp)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
