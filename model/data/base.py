@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,19 +90,27 @@ def id_folder_name(pid: int) -> str:
     return f"{pid:04d}"
 
 
+def _identity_folders(
+    root: Path, ids: Sequence[int], camera_dirs: Sequence[tuple[int, str]]
+) -> Iterator[tuple[int, int, Path, list[str]]]:
+    """(pid, camid, folder, sorted listing) of each existing ``<root>/<camera dir>/<4-digit id>/``, in the
+    reference order: ids sorted as 4-digit strings, then cameras in the given order."""
+    for name in sorted(id_folder_name(i) for i in ids):
+        for camid, cam_dir in camera_dirs:
+            folder = root / cam_dir / name
+            if folder.is_dir():
+                yield int(name), camid, folder, sorted_listing(folder)
+
+
 def list_identity_folders(
     root: Path, ids: Sequence[int], camera_dirs: Sequence[tuple[int, str]], modality: int, where: str
 ) -> list[Record]:
     """Every image of ``ids`` under ``<root>/<camera dir>/<4-digit id>/``: ids sorted as 4-digit strings,
     then cameras in the given order, then sorted file names (the reference query/training order)."""
     records: list[Record] = []
-    for name in sorted(id_folder_name(i) for i in ids):
-        for camid, cam_dir in camera_dirs:
-            folder = root / cam_dir / name
-            if folder.is_dir():
-                files = sorted_listing(folder)
-                check_image_paths(files, where)
-                records.extend(Record(path, int(name), camid, modality) for path in files)
+    for pid, camid, _folder, files in _identity_folders(root, ids, camera_dirs):
+        check_image_paths(files, where)
+        records.extend(Record(path, pid, camid, modality) for path in files)
     return records
 
 
@@ -117,14 +125,10 @@ def sample_gallery(
     """
     rng = random.Random(trial)
     records: list[Record] = []
-    for name in sorted(id_folder_name(i) for i in ids):
-        for camid, cam_dir in camera_dirs:
-            folder = root / cam_dir / name
-            if folder.is_dir():
-                files = sorted_listing(folder)
-                if not files:
-                    raise DatasetError(f"{where}: folder {folder} is empty")
-                path = rng.choice(files)
-                check_image_paths([path], where)
-                records.append(Record(path, int(name), camid, modality))
+    for pid, camid, folder, files in _identity_folders(root, ids, camera_dirs):
+        if not files:
+            raise DatasetError(f"{where}: folder {folder} is empty")
+        path = rng.choice(files)
+        check_image_paths([path], where)
+        records.append(Record(path, pid, camid, modality))
     return records
