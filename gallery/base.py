@@ -8,11 +8,65 @@ from typing import Any
 
 import numpy as np
 
-from gallery.errors import DimensionMismatchError, GalleryError, VersionMismatchError
+from gallery.errors import DimensionMismatchError, GalleryError, GalleryStateError, VersionMismatchError
 from gallery.items import MAX_TOP_K, AddResult, Filters, Item, SearchHit
 
 #: Vectors must be L2-normalised (DESIGN.md section 2); this is how far from 1 a norm may be.
 DEFAULT_NORM_TOLERANCE = 1e-2
+
+
+def check_new_gallery(where: object, dim: int | None, embedding_version: str | None) -> None:
+    """Refuse to create a gallery at ``where`` without a usable ``dim`` and ``embedding_version``."""
+    if dim is None or embedding_version is None:
+        raise GalleryError(f"creating a gallery at {where} needs dim and embedding_version")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise GalleryError(f"dim must be a positive integer, got {dim!r}")
+    if not isinstance(embedding_version, str) or not embedding_version.strip():
+        raise GalleryError("embedding_version must be a non-empty string")
+
+
+def check_stored_matches(
+    where: object, dim: int | None, embedding_version: str | None, stored_dim: int, stored_version: str
+) -> None:
+    """Refuse to open an existing gallery with another ``dim`` or ``embedding_version`` than it holds."""
+    if dim is not None and int(dim) != stored_dim:
+        raise DimensionMismatchError(f"the gallery at {where} holds dimension {stored_dim}, not {dim}")
+    if embedding_version is not None and embedding_version != stored_version:
+        raise VersionMismatchError(
+            f"the gallery at {where} holds embedding_version {stored_version!r}, not {embedding_version!r}"
+        )
+
+
+def assign_ids(
+    items: Sequence[Item], known: dict[str, int], stored: set[int], *, keep_ids: bool, fresh: Iterator[int]
+) -> tuple[list[int], list[int]]:
+    """The ids of a batch in input order, and the positions of the items to create.
+
+    ``known`` maps the stored external ids to their ids; with ``keep_ids``, ``stored`` holds which of the
+    items' own ids are stored already. An item whose external id is known (stored, or earlier in the
+    batch) gets that id; with ``keep_ids`` an item keeps its own id (existing when already stored);
+    otherwise it takes the next id from ``fresh``. Both back-ends' idempotent ``add`` rests on this.
+    """
+    ids: list[int] = []
+    created: list[int] = []
+    for position, item in enumerate(items):
+        if item.external_id is not None and item.external_id in known:
+            ids.append(known[item.external_id])
+            continue
+        if keep_ids:
+            assert item.id is not None  # checked by BaseGallery._item_vectors
+            if item.id in stored:
+                ids.append(item.id)
+                continue
+            new_id = item.id
+            stored.add(new_id)
+        else:
+            new_id = next(fresh)
+        if item.external_id is not None:
+            known[item.external_id] = new_id
+        ids.append(new_id)
+        created.append(position)
+    return ids, created
 
 
 class BaseGallery(abc.ABC):
@@ -26,6 +80,8 @@ class BaseGallery(abc.ABC):
     dim: int
     embedding_version: str
     norm_tolerance: float | None = DEFAULT_NORM_TOLERANCE
+    read_only: bool = False
+    _closed: bool = False
 
     # -- the interface ----------------------------------------------------------------------------
 
@@ -88,6 +144,33 @@ class BaseGallery(abc.ABC):
 
     # -- shared checks ----------------------------------------------------------------------------
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryStateError(f"{self!r} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise GalleryStateError(f"{self!r} is open read-only")
+
+    def _search_args(
+        self,
+        vectors: np.ndarray | Sequence[float],
+        top_k: int,
+        filters: Filters | None,
+        embedding_version: str | None,
+    ) -> tuple[np.ndarray, int, Filters]:
+        """The checks every ``search`` makes first: (query array, top_k, filters) or a clear error."""
+        self._check_open()
+        self._check_version(embedding_version)
+        queries = self._query_vectors(vectors)
+        top_k = self._check_top_k(top_k)
+        if filters is None:
+            filters = Filters()
+        elif not isinstance(filters, Filters):
+            raise GalleryError(f"filters must be a gallery.Filters, got {type(filters).__name__}")
+        return queries, top_k, filters
+
     def _check_version(self, embedding_version: str | None) -> None:
         if embedding_version is not None and embedding_version != self.embedding_version:
             raise VersionMismatchError(
@@ -111,11 +194,13 @@ class BaseGallery(abc.ABC):
                     "embeddings (norm 1) so that inner products are cosine similarities"
                 )
 
-    def _item_vectors(self, items: Sequence[Item]) -> np.ndarray:
-        """Stack the items' vectors into a checked ``[n, dim]`` float32 array."""
+    def _item_vectors(self, items: Sequence[Item], *, keep_ids: bool = False) -> np.ndarray:
+        """Stack the items' vectors into a checked ``[n, dim]`` float32 array (and check ids to be kept)."""
         for position, item in enumerate(items):
             if not isinstance(item, Item):
                 raise GalleryError(f"item {position} is a {type(item).__name__}, not a gallery.Item")
+            if keep_ids and (item.id is None or item.id <= 0):
+                raise GalleryError(f"item {position} needs a positive id to be kept, got {item.id}")
             if item.vector is None:
                 raise GalleryError(f"item {position} has no vector")
             if item.vector.shape != (self.dim,):

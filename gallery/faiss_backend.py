@@ -30,14 +30,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery
-from gallery.errors import (
-    DimensionMismatchError,
-    GalleryError,
-    GalleryStateError,
-    ItemNotFoundError,
-    VersionMismatchError,
-)
+from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, check_new_gallery, check_stored_matches
+from gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from gallery.index import MIN_IVF_ITEMS, IndexConfig, IndexKind, VectorIndex, gpu_available
 from gallery.items import AddResult, Filters, Item, SearchHit, normalize_update
 from gallery.rwlock import RWLock
@@ -93,15 +87,6 @@ def _lock_directory(path: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def _check_new_gallery(path: Path, dim: int | None, embedding_version: str | None) -> None:
-    if dim is None or embedding_version is None:
-        raise GalleryError(f"creating a gallery at {path} needs dim and embedding_version")
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise GalleryError(f"dim must be a positive integer, got {dim!r}")
-    if not isinstance(embedding_version, str) or not embedding_version.strip():
-        raise GalleryError("embedding_version must be a non-empty string")
 
 
 class _FilterColumns:
@@ -272,7 +257,7 @@ class FaissGallery(BaseGallery):
             if self.path.exists() and not self.path.is_dir():
                 raise GalleryError(f"{self.path} exists and is not a directory")
             if not (self.path / DATABASE_NAME).exists():  # refuse before creating anything
-                _check_new_gallery(self.path, dim, embedding_version)
+                check_new_gallery(self.path, dim, embedding_version)
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_directory(self.path)
         try:
@@ -294,7 +279,7 @@ class FaissGallery(BaseGallery):
         if not meta:
             if self.read_only:
                 raise GalleryError(f"{self.path} is not an initialised gallery")
-            _check_new_gallery(self.path, dim, embedding_version)
+            check_new_gallery(self.path, dim, embedding_version)
             assert dim is not None and embedding_version is not None
             self._store.init_meta(int(dim), embedding_version)
             _fsync_dir(self.path)
@@ -306,13 +291,7 @@ class FaissGallery(BaseGallery):
             )
         self.dim = int(meta["dim"])
         self.embedding_version = meta["embedding_version"]
-        if dim is not None and int(dim) != self.dim:
-            raise DimensionMismatchError(f"the gallery at {self.path} holds dimension {self.dim}, not {dim}")
-        if embedding_version is not None and embedding_version != self.embedding_version:
-            raise VersionMismatchError(
-                f"the gallery at {self.path} holds embedding_version {self.embedding_version!r}, "
-                f"not {embedding_version!r}"
-            )
+        check_stored_matches(self.path, dim, embedding_version, self.dim, self.embedding_version)
 
     def _wanted_kind(self, count: int, current: IndexKind | None) -> IndexKind:
         # In auto mode an IVF index stays IVF (built on purpose, or the gallery was once big enough):
@@ -474,17 +453,6 @@ class FaissGallery(BaseGallery):
         assert self._index is not None
         return self._index
 
-    # -- state checks -----------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise GalleryStateError(f"the gallery at {self.path} is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.read_only:
-            raise GalleryStateError(f"the gallery at {self.path} is open read-only")
-
     # -- writes -----------------------------------------------------------------------------------
 
     def add(self, items: Iterable[Item], *, embedding_version: str | None = None, keep_ids: bool = False) -> AddResult:
@@ -499,7 +467,7 @@ class FaissGallery(BaseGallery):
         batch = list(items)
         if not batch:
             return AddResult(ids=[], created=0, existing=0)
-        vectors = self._item_vectors(batch)
+        vectors = self._item_vectors(batch, keep_ids=keep_ids)
         with self._write_lock:
             self._check_writable()
             ids, created, seq = self._store.insert_batch(batch, vectors, keep_ids=keep_ids)
@@ -666,14 +634,7 @@ class FaissGallery(BaseGallery):
         embedding_version: str | None = None,
         with_vectors: bool = False,
     ) -> list[list[SearchHit]]:
-        self._check_open()
-        self._check_version(embedding_version)
-        queries = self._query_vectors(vectors)
-        top_k = self._check_top_k(top_k)
-        if filters is None:
-            filters = Filters()
-        elif not isinstance(filters, Filters):
-            raise GalleryError(f"filters must be a gallery.Filters, got {type(filters).__name__}")
+        queries, top_k, filters = self._search_args(vectors, top_k, filters, embedding_version)
         self._ensure_index()
         with self._rw.read():
             index = self._index

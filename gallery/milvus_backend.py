@@ -37,14 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery
-from gallery.errors import (
-    DimensionMismatchError,
-    GalleryError,
-    GalleryStateError,
-    ItemNotFoundError,
-    VersionMismatchError,
-)
+from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, assign_ids, check_new_gallery, check_stored_matches
+from gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from gallery.items import (
     MAX_EXTERNAL_ID_CHARS,
     MAX_LABEL_CHARS,
@@ -202,21 +196,14 @@ class MilvusGallery(BaseGallery):
                 raise GalleryError(
                     f"the Milvus collection {self.collection!r} at {self.uri} is not a clipmc gallery"
                 ) from None
-            if dim is not None and int(dim) != stored_dim:
-                raise DimensionMismatchError(f"the gallery {self.collection!r} holds dimension {stored_dim}, not {dim}")
-            if version is not None and version != stored_version:
-                raise VersionMismatchError(
-                    f"the gallery {self.collection!r} holds embedding_version {stored_version!r}, not {version!r}"
-                )
+            check_stored_matches(self._where, dim, version, stored_dim, stored_version)
             self.dim, self.embedding_version = stored_dim, stored_version
             client.load_collection(self.collection, timeout=self.timeout)
             return
         if self.read_only:
             raise GalleryError(f"no Milvus collection {self.collection!r} at {self.uri}")
-        if dim is None or version is None:
-            raise GalleryError("creating a gallery needs dim and embedding_version")
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise GalleryError(f"dim must be a positive integer, got {dim!r}")
+        check_new_gallery(self._where, dim, version)
+        assert dim is not None and version is not None
         self.dim, self.embedding_version = int(dim), version
         self._create_collection(index_params)
 
@@ -245,14 +232,9 @@ class MilvusGallery(BaseGallery):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise GalleryStateError("the gallery is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.read_only:
-            raise GalleryStateError("the gallery is open read-only")
+    @property
+    def _where(self) -> str:
+        return f"{self.uri} (collection {self.collection!r})"
 
     @staticmethod
     def _row(item_id: int, item: Item, vector: np.ndarray) -> dict[str, Any]:
@@ -306,12 +288,10 @@ class MilvusGallery(BaseGallery):
         batch = list(items)
         if not batch:
             return AddResult(ids=[], created=0, existing=0)
-        vectors = self._item_vectors(batch)
+        vectors = self._item_vectors(batch, keep_ids=keep_ids)
         for position, item in enumerate(batch):
             if len(json.dumps(item.metadata).encode()) > MAX_METADATA_BYTES:
                 raise GalleryError(f"item {position}: metadata is larger than {MAX_METADATA_BYTES} bytes")
-            if keep_ids and (item.id is None or item.id <= 0):
-                raise GalleryError(f"item {position} needs a positive id to be kept, got {item.id}")
         with self._write_lock:
             self._check_writable()
             externals = list(dict.fromkeys(item.external_id for item in batch if item.external_id))
@@ -323,26 +303,9 @@ class MilvusGallery(BaseGallery):
             stored: set[int] = set()
             if keep_ids:
                 stored = set(self._existing_ids(list(dict.fromkeys(int(item.id) for item in batch))))  # type: ignore[arg-type]
-            fresh = iter(self._ids.take(len(batch)))
-            ids: list[int] = []
-            rows_out: list[dict[str, Any]] = []
-            for position, item in enumerate(batch):
-                if item.external_id is not None and item.external_id in known:
-                    ids.append(known[item.external_id])
-                    continue
-                if keep_ids:
-                    assert item.id is not None
-                    if item.id in stored:
-                        ids.append(item.id)
-                        continue
-                    new_id = item.id
-                    stored.add(new_id)
-                else:
-                    new_id = next(fresh)
-                if item.external_id is not None:
-                    known[item.external_id] = new_id
-                ids.append(new_id)
-                rows_out.append(self._row(new_id, item, vectors[position]))
+            fresh = iter(self._ids.take(0 if keep_ids else len(batch)))
+            ids, positions = assign_ids(batch, known, stored, keep_ids=keep_ids, fresh=fresh)
+            rows_out = [self._row(ids[p], batch[p], vectors[p]) for p in positions]
             if rows_out:
                 try:
                     self._client.insert(self.collection, rows_out, timeout=self.timeout)
@@ -393,18 +356,13 @@ class MilvusGallery(BaseGallery):
         embedding_version: str | None = None,
         with_vectors: bool = False,
     ) -> list[list[SearchHit]]:
-        self._check_open()
-        self._check_version(embedding_version)
-        queries = self._query_vectors(vectors)
-        top_k = self._check_top_k(top_k)
-        if filters is not None and not isinstance(filters, Filters):
-            raise GalleryError(f"filters must be a gallery.Filters, got {type(filters).__name__}")
+        queries, top_k, filters = self._search_args(vectors, top_k, filters, embedding_version)
         fields = _SCALAR_FIELDS + (["vector"] if with_vectors else [])
         answer = self._client.search(
             self.collection,
             data=queries.tolist(),
             limit=top_k,
-            filter=filter_expression(filters or Filters()),
+            filter=filter_expression(filters),
             output_fields=fields,
             search_params={"metric_type": "IP", "params": self.search_params},
             timeout=self.timeout,

@@ -14,6 +14,7 @@ thread, so the service's thread pool never shares a connection between threads.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from gallery.base import assign_ids
 from gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from gallery.items import UPDATABLE_FIELDS, Item, trusted_item
 
@@ -202,9 +204,8 @@ class SQLiteStore:
         """Insert the items that are new, in one transaction.
 
         Returns the ids in input order, a mask of the rows that were created, and the batch's change
-        sequence number (None when nothing was new). An item whose ``external_id`` is stored, or that
-        repeats an earlier item's ``external_id`` in the batch, maps to that item's id. With
-        ``keep_ids`` each item's own ``id`` is used and an id that is already stored counts as existing.
+        sequence number (None when nothing was new); ids are assigned by :func:`gallery.base.assign_ids`
+        (``keep_ids``: each item's own positive ``id``, already checked by the caller).
         """
         with self._write_transaction() as conn:
             externals = list(dict.fromkeys(item.external_id for item in items if item.external_id))
@@ -214,40 +215,20 @@ class SQLiteStore:
                 known.update(conn.execute(sql, list(chunk)).fetchall())
             stored_ids: set[int] = set()
             if keep_ids:
-                wanted = []
-                for position, item in enumerate(items):
-                    if item.id is None or item.id <= 0:
-                        raise GalleryError(f"item {position} needs a positive id to be kept, got {item.id}")
-                    wanted.append(item.id)
-                for chunk in _chunks(list(dict.fromkeys(wanted))):
+                for chunk in _chunks(list(dict.fromkeys(item.id for item in items))):
                     sql = f"SELECT id FROM items WHERE id IN ({_marks(len(chunk))})"
                     stored_ids.update(row[0] for row in conn.execute(sql, list(chunk)))
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
-            next_id = int(row[0]) if row else 0
-            ids: list[int] = []
+            fresh = itertools.count((int(row[0]) if row else 0) + 1)
+            ids, positions = assign_ids(items, known, stored_ids, keep_ids=keep_ids, fresh=fresh)
             created = np.zeros(len(items), dtype=bool)
+            created[positions] = True
             rows: list[tuple[Any, ...]] = []
-            for position, item in enumerate(items):
-                if item.external_id is not None and item.external_id in known:
-                    ids.append(known[item.external_id])
-                    continue
-                if keep_ids:
-                    assert item.id is not None
-                    if item.id in stored_ids:
-                        ids.append(item.id)
-                        continue
-                    new_id = item.id
-                    stored_ids.add(new_id)
-                else:
-                    next_id += 1
-                    new_id = next_id
-                if item.external_id is not None:
-                    known[item.external_id] = new_id
-                ids.append(new_id)
-                created[position] = True
+            for position in positions:
+                item = items[position]
                 rows.append(
                     (
-                        new_id,
+                        ids[position],
                         item.external_id,
                         int(item.modality),
                         item.camera,
@@ -312,16 +293,9 @@ class SQLiteStore:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    def count(self) -> int:
-        return int(self.reader().execute("SELECT COUNT(*) FROM items").fetchone()[0])
-
     def max_seq(self) -> int:
         row = self.reader().execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
         return int(row[0]) if row else 0
-
-    def alive_ids(self) -> np.ndarray:
-        rows = self.reader().execute("SELECT id FROM items ORDER BY id").fetchall()
-        return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def tombstones_after(self, seq: int) -> list[int]:
         rows = self.reader().execute("SELECT item_id FROM tombstones WHERE seq > ?", (seq,)).fetchall()
@@ -445,17 +419,3 @@ class SQLiteStore:
                 yield [self._item(row, None if vectors is None else vectors[i]) for i, row in enumerate(rows)]
         finally:
             self._forget(conn)
-
-    def summary(self) -> dict[str, Any]:
-        """Counts by modality, cameras and identities, for ``stats``."""
-        conn = self.reader()
-        by_modality = dict(conn.execute("SELECT modality, COUNT(*) FROM items GROUP BY modality").fetchall())
-        cameras, identities, with_identity = conn.execute(
-            "SELECT COUNT(DISTINCT camera), COUNT(DISTINCT identity), COUNT(identity) FROM items"
-        ).fetchone()
-        return {
-            "by_modality": {"visible": int(by_modality.get(0, 0)), "infrared": int(by_modality.get(1, 0))},
-            "cameras": int(cameras),
-            "identities": int(identities),
-            "with_identity": int(with_identity),
-        }

@@ -352,6 +352,8 @@ def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -
             Item(np.ones((2, DIM)), 0)
         with pytest.raises(GalleryError, match="no vector"):
             gallery.add([Item(None, 0)])
+        with pytest.raises(GalleryError, match="positive id to be kept"):
+            gallery.add([Item(good, 0)], keep_ids=True)
         with pytest.raises(GalleryError, match="timestamp"):
             Item(good, 0, timestamp="yesterday")
         with pytest.raises(GalleryError, match="top_k"):
@@ -362,6 +364,8 @@ def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -
             Filters(since=10, until=5)
         with pytest.raises(GalleryError, match="filters"):
             gallery.search(good, filters={"modality": 0})  # type: ignore[arg-type]
+        with pytest.raises(GalleryError, match="empty string"):
+            Gallery(tmp_path / "blank", DIM, "  ")
         with pytest.raises(GalleryError, match="NaN"):
             gallery.search(nan)
         with pytest.raises(GalleryError, match="cannot update"):

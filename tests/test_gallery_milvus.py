@@ -109,6 +109,14 @@ def test_milvus_gallery_matches_brute_force_and_survives_reopen(tmp_path: Path) 
         reference.update(zip(result.ids, items, strict=True))
         again = gallery.add(items[:10])  # idempotent on external_id
         assert (again.ids, again.created, again.existing) == (result.ids[:10], 0, 10)
+        twice = make_items(1, seed=2)
+        duplicate = gallery.add([twice[0], twice[0]])  # the same external id twice in one batch
+        assert (duplicate.ids[0], duplicate.created, duplicate.existing) == (duplicate.ids[1], 1, 1)
+        with pytest.raises(GalleryError, match="positive id to be kept"):
+            gallery.add(make_items(1, seed=4), keep_ids=True)
+        with pytest.raises(GalleryError, match="filters"):
+            gallery.search(queries[0], filters={"modality": 0})  # type: ignore[arg-type]
+        assert gallery.remove([duplicate.ids[0]]) == 1
         assert gallery.remove([*result.ids[:5], 123]) == 5
         for item_id in result.ids[:5]:
             del reference[item_id]
@@ -141,6 +149,8 @@ def test_milvus_gallery_matches_brute_force_and_survives_reopen(tmp_path: Path) 
         open_gallery(path, DIM, "other", backend="milvus")
     with pytest.raises(GalleryError, match="needs dim"):
         open_gallery(tmp_path / "empty", backend="milvus")
+    with pytest.raises(GalleryError, match="non-empty string"):
+        open_gallery(tmp_path / "blank", DIM, "", backend="milvus")
 
 
 def test_export_from_faiss_import_into_milvus(tmp_path: Path) -> None:
