@@ -11,6 +11,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+SYNTH_SIZE = (32, 16)  # (H, W) of the images in the synth_trees fixture
+
 
 @pytest.fixture(scope="session")
 def tiny_model():
@@ -32,6 +34,22 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(model, path, note="test fixture")
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_trees(tmp_path_factory):
+    """Small synthetic datasets in the SYSU-MM01, RegDB and LLCM layouts, written once per session.
+
+    Read-only: a test that breaks a tree copies it first.
+    """
+    from model.synth import generate
+
+    out = {}
+    for layout, ids in (("sysu", 12), ("regdb", 10), ("llcm", 12)):
+        root = tmp_path_factory.mktemp(f"synth-{layout}")
+        generate(layout, root, ids, seed=4, images_per_camera=2, size=SYNTH_SIZE, progress=False)
+        out[layout] = root
+    return out
 
 
 def random_images(n: int, h: int = 288, w: int = 144, seed: int | None = None) -> torch.Tensor:

@@ -14,19 +14,7 @@ from PIL import Image
 
 from model.data import Record, load_dataset
 from model.protocols import evaluate, merge_results, plot_cmc, write_results_json
-from model.synth import generate
-
-SIZE = (32, 16)
-
-
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = {}
-    for layout, ids in (("sysu", 12), ("regdb", 8), ("llcm", 12)):
-        root = tmp_path_factory.mktemp(layout)
-        generate(layout, root, ids, seed=9, images_per_camera=2, size=SIZE, progress=False)
-        out[layout] = root
-    return out
+from tests.conftest import SYNTH_SIZE as SIZE
 
 
 def one_hot(records: Sequence[Record]) -> np.ndarray:
@@ -49,8 +37,8 @@ class PixelProjection:
 
 
 @pytest.mark.parametrize(("layout", "kw"), [("sysu", {}), ("regdb", {"split": 2}), ("llcm", {})])
-def test_perfect_features_give_100(trees: dict[str, Path], layout: str, kw: dict) -> None:
-    ds = load_dataset(layout, trees[layout], **kw)
+def test_perfect_features_give_100(synth_trees: dict[str, Path], layout: str, kw: dict) -> None:
+    ds = load_dataset(layout, synth_trees[layout], **kw)
     res = evaluate(ds, one_hot, progress=False)
     assert set(res.settings) == set(ds.settings)
     for s in res.settings.values():
@@ -61,8 +49,8 @@ def test_perfect_features_give_100(trees: dict[str, Path], layout: str, kw: dict
             assert t.cmc == pytest.approx([100.0] * 20)
 
 
-def test_sysu_driver_cache_json_and_plot(trees: dict[str, Path], tmp_path: Path) -> None:
-    ds = load_dataset("sysu", trees["sysu"])
+def test_sysu_driver_cache_json_and_plot(synth_trees: dict[str, Path], tmp_path: Path) -> None:
+    ds = load_dataset("sysu", synth_trees["sysu"])
     extract = PixelProjection()
     res = evaluate(ds, extract, progress=False)
     # Each image embedded exactly once across the 2 modes x 10 trials.
@@ -93,9 +81,9 @@ def test_sysu_driver_cache_json_and_plot(trees: dict[str, Path], tmp_path: Path)
     assert "| sysu | all |" in res.table()
 
 
-def test_regdb_splits_merge(trees: dict[str, Path]) -> None:
+def test_regdb_splits_merge(synth_trees: dict[str, Path]) -> None:
     extract = PixelProjection()
-    runs = [evaluate(load_dataset("regdb", trees["regdb"], split=k), extract, progress=False) for k in (1, 2)]
+    runs = [evaluate(load_dataset("regdb", synth_trees["regdb"], split=k), extract, progress=False) for k in (1, 2)]
     merged = merge_results(runs)
     for name in ("visible_to_thermal", "thermal_to_visible"):
         s = merged.settings[name]
@@ -107,16 +95,16 @@ def test_regdb_splits_merge(trees: dict[str, Path]) -> None:
         merge_results([runs[0], runs[0]])
 
 
-def test_llcm_one_setting_some_trials(trees: dict[str, Path]) -> None:
-    ds = load_dataset("llcm", trees["llcm"])
+def test_llcm_one_setting_some_trials(synth_trees: dict[str, Path]) -> None:
+    ds = load_dataset("llcm", synth_trees["llcm"])
     res = evaluate(ds, PixelProjection(), settings=["visible_to_ir"], trials=[0, 4], max_rank=10, progress=False)
     s = res.settings["visible_to_ir"]
     assert list(res.settings) == ["visible_to_ir"] and [t.trial for t in s.trials] == [0, 4]
     assert set(s.mean) == {"R1", "R5", "R10", "mAP", "mINP"} and len(s.mean_cmc) == 10
 
 
-def test_bad_extract_output(trees: dict[str, Path]) -> None:
-    ds = load_dataset("regdb", trees["regdb"], split=1)
+def test_bad_extract_output(synth_trees: dict[str, Path]) -> None:
+    ds = load_dataset("regdb", synth_trees["regdb"], split=1)
     with pytest.raises(ValueError, match="shape"):
         evaluate(ds, lambda recs: np.zeros((len(recs) + 1, 4)), progress=False)
     with pytest.raises(ValueError, match="non-finite"):

@@ -9,29 +9,16 @@ import pytest
 
 from model.data import DatasetError, LLCMDataset, RegDBDataset, SYSUDataset, detect_layout, load_dataset
 from model.data.records import camera_from_path
-from model.synth import generate
-
-SIZE = (32, 16)
 
 
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = {}
-    for layout, ids in (("sysu", 12), ("regdb", 10), ("llcm", 12)):
-        root = tmp_path_factory.mktemp(layout)
-        generate(layout, root, ids, seed=4, images_per_camera=2, size=SIZE, progress=False)
-        out[layout] = root
-    return out
-
-
-def _copy(trees: dict[str, Path], layout: str, tmp_path: Path) -> Path:
+def _copy(synth_trees: dict[str, Path], layout: str, tmp_path: Path) -> Path:
     dst = tmp_path / layout
-    shutil.copytree(trees[layout], dst)
+    shutil.copytree(synth_trees[layout], dst)
     return dst
 
 
-def test_sysu_reader(trees: dict[str, Path]) -> None:
-    root = trees["sysu"]
+def test_sysu_reader(synth_trees: dict[str, Path]) -> None:
+    root = synth_trees["sysu"]
     ds = load_dataset("sysu", root)
     assert isinstance(ds, SYSUDataset)
     exp = root / "exp"
@@ -50,8 +37,8 @@ def test_sysu_reader(trees: dict[str, Path]) -> None:
     assert ds.settings["all"].trials == tuple(range(10)) and ds.settings["all"].rule == "sysu"
 
 
-def test_regdb_reader(trees: dict[str, Path]) -> None:
-    root = trees["regdb"]
+def test_regdb_reader(synth_trees: dict[str, Path]) -> None:
+    root = synth_trees["regdb"]
     ds = load_dataset("regdb", root, split=3)
     assert isinstance(ds, RegDBDataset)
     lines = (root / "idx" / "train_visible_3.txt").read_text().splitlines()
@@ -71,8 +58,8 @@ def test_regdb_reader(trees: dict[str, Path]) -> None:
         load_dataset("regdb", root, split=11)
 
 
-def test_llcm_reader(trees: dict[str, Path]) -> None:
-    root = trees["llcm"]
+def test_llcm_reader(synth_trees: dict[str, Path]) -> None:
+    root = synth_trees["llcm"]
     ds = load_dataset("llcm", root)
     assert isinstance(ds, LLCMDataset)
     n_vis = len((root / "idx" / "train_vis.txt").read_text().splitlines())
@@ -85,8 +72,8 @@ def test_llcm_reader(trees: dict[str, Path]) -> None:
     assert set(ds.settings) == {"ir_to_visible", "visible_to_ir"}
 
 
-def test_load_dataset_by_folder_and_errors(trees: dict[str, Path], tmp_path: Path) -> None:
-    for layout, root in trees.items():
+def test_load_dataset_by_folder_and_errors(synth_trees: dict[str, Path], tmp_path: Path) -> None:
+    for layout, root in synth_trees.items():
         assert detect_layout(root) == layout
         assert load_dataset(str(root)).name == layout
     with pytest.raises(DatasetError, match="unknown dataset 'market'"):
@@ -94,42 +81,42 @@ def test_load_dataset_by_folder_and_errors(trees: dict[str, Path], tmp_path: Pat
     with pytest.raises(DatasetError, match="needs its root"):
         load_dataset("sysu")
     with pytest.raises(DatasetError, match=r"does not take option\(s\) \['split'\]"):
-        load_dataset("sysu", trees["sysu"], split=2)
+        load_dataset("sysu", synth_trees["sysu"], split=2)
     with pytest.raises(DatasetError, match="not a known dataset layout"):
         load_dataset(tmp_path)
-    ds = load_dataset("sysu", trees["sysu"])
+    ds = load_dataset("sysu", synth_trees["sysu"])
     with pytest.raises(DatasetError, match="unknown evaluation setting 'outdoor'"):
         ds.query_gallery("outdoor", 0)
     with pytest.raises(DatasetError, match="non-negative"):
         ds.query_gallery("all", -1)
 
 
-def test_missing_folder_is_named(trees: dict[str, Path], tmp_path: Path) -> None:
-    root = _copy(trees, "sysu", tmp_path)
+def test_missing_folder_is_named(synth_trees: dict[str, Path], tmp_path: Path) -> None:
+    root = _copy(synth_trees, "sysu", tmp_path)
     shutil.rmtree(root / "cam4")
     with pytest.raises(DatasetError, match=rf"folder {root / 'cam4'} does not exist"):
         load_dataset("sysu", root)
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset("sysu", tmp_path / "nowhere")
-    llcm = _copy(trees, "llcm", tmp_path)
+    llcm = _copy(synth_trees, "llcm", tmp_path)
     shutil.rmtree(llcm / "test_nir")
     with pytest.raises(DatasetError, match=rf"{llcm / 'test_nir'} does not exist"):
         load_dataset("llcm", llcm)
-    regdb = _copy(trees, "regdb", tmp_path)
+    regdb = _copy(synth_trees, "regdb", tmp_path)
     (regdb / "idx" / "test_thermal_2.txt").unlink()
     with pytest.raises(DatasetError, match=rf"{regdb / 'idx' / 'test_thermal_2.txt'} does not exist"):
         load_dataset("regdb", regdb, split=2)
 
 
-def test_malformed_index_line_names_file_and_line(trees: dict[str, Path], tmp_path: Path) -> None:
-    root = _copy(trees, "regdb", tmp_path)
+def test_malformed_index_line_names_file_and_line(synth_trees: dict[str, Path], tmp_path: Path) -> None:
+    root = _copy(synth_trees, "regdb", tmp_path)
     index = root / "idx" / "train_thermal_1.txt"
     lines = index.read_text().splitlines()
     lines[2] = lines[2].split(" ")[0] + " seven"
     index.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=rf"{index} line 3: expected '<relative path> <integer label>'"):
         load_dataset("regdb", root, split=1)
-    llcm = _copy(trees, "llcm", tmp_path)
+    llcm = _copy(synth_trees, "llcm", tmp_path)
     index = llcm / "idx" / "train_vis.txt"
     lines = index.read_text().splitlines()
     lines[0] = "train_vis/cam1/9999/missing.jpg 0"
@@ -138,8 +125,8 @@ def test_malformed_index_line_names_file_and_line(trees: dict[str, Path], tmp_pa
         load_dataset("llcm", llcm)
 
 
-def test_malformed_id_list_and_stray_file(trees: dict[str, Path], tmp_path: Path) -> None:
-    root = _copy(trees, "sysu", tmp_path)
+def test_malformed_id_list_and_stray_file(synth_trees: dict[str, Path], tmp_path: Path) -> None:
+    root = _copy(synth_trees, "sysu", tmp_path)
     test_ids = root / "exp" / "test_id.txt"
     original = test_ids.read_text()
     test_ids.write_text(original.replace(",", ",x", 1))
