@@ -45,15 +45,14 @@ from gallery import (  # noqa: E402
 )
 from gallery.milvus_backend import filter_expression  # noqa: E402
 from gallery.portable import export_gallery, import_gallery  # noqa: E402
+from tests.test_gallery import unit_vectors  # noqa: E402
 
 DIM = 16
 VERSION = "milvus-test"
 
 
 def make_items(n: int, seed: int) -> list[Item]:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = unit_vectors(np.random.default_rng(seed), n, DIM)
     return [
         Item(
             x[i],
@@ -97,9 +96,7 @@ def test_filter_expression() -> None:
 def test_milvus_gallery_matches_brute_force_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "milvus"
     reference: dict[int, Item] = {}
-    rng = np.random.default_rng(1)
-    queries = rng.standard_normal((3, DIM)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    queries = unit_vectors(np.random.default_rng(1), 3, DIM)
     with Gallery(path, DIM, VERSION, backend="milvus") as gallery:
         assert gallery.backend == "milvus"
         items = make_items(60, seed=1)

@@ -12,15 +12,14 @@ import pytest
 from gallery import Filters, Gallery, GalleryError, Item, VersionMismatchError
 from gallery.cli import register
 from gallery.portable import ITEMS_NAME, MANIFEST_NAME, VECTORS_NAME, export_gallery, import_gallery
+from tests.test_gallery import unit_vectors
 
 DIM = 16
 VERSION = "portable-test"
 
 
 def make_items(n: int, seed: int = 0) -> list[Item]:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = unit_vectors(np.random.default_rng(seed), n, DIM)
     return [
         Item(
             x[i],
