@@ -108,6 +108,11 @@ def time_batched(search: Any, queries: np.ndarray, batch: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def overlap_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row's true top-k that ``found`` holds (recall@k; agreement of two exact searches)."""
+    return float(np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(found, truth, strict=True)]))
+
+
 def numpy_search(vectors: np.ndarray, queries: np.ndarray, k: int = TOP_K) -> np.ndarray:
     scores = queries @ vectors.T
     top = np.argpartition(-scores, k, axis=1)[:, :k]
@@ -125,35 +130,36 @@ def bench_flat(vectors: np.ndarray, queries: np.ndarray, single: np.ndarray, bat
     stats["batched_qps"] = time_batched(lambda q: flat.search(q, TOP_K), queries, batch)
     truth = flat.search(queries, TOP_K)[1]
     brute = numpy_search(vectors, queries[:50])
-    stats["agreement_with_numpy"] = float(
-        np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(truth[:50], brute, strict=True)])
-    )
+    stats["agreement_with_numpy"] = overlap_at_k(truth[:50], brute)
     return stats, truth
 
 
 def bench_ivf(
     vectors: np.ndarray, queries: np.ndarray, single: np.ndarray, truth: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """IVF as the gallery builds it (about sqrt(n) lists, spherical k-means): recall@10 and speed per nprobe."""
+    """IVF as the gallery builds it (its IndexConfig defaults, VectorIndex.ivf): recall@10 and speed per nprobe."""
     import faiss
 
     from gallery import IndexConfig
+    from gallery.index import VectorIndex
 
     n, dim = vectors.shape
-    nlist = IndexConfig().nlist_for(n)
+    config = IndexConfig()
+    nlist = config.nlist_for(n)
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed + 1)
-    training = vectors[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.niter, ivf.cp.spherical = 10, True
-    ivf.train(training)
+    train_size = min(n, config.train_size or 40 * nlist)
+    training = vectors[np.sort(rng.choice(n, size=train_size, replace=False))]
+    ivf = VectorIndex.ivf(
+        dim, training, nlist, nprobe=config.nprobe, iterations=config.kmeans_iterations, seed=config.seed
+    ).cpu
     train_s = time.perf_counter() - started
     ivf.add(vectors)
     out: dict[str, Any] = {"nlist": nlist, "train_s": train_s, "build_s": time.perf_counter() - started, "nprobe": []}
     for nprobe in [p for p in args.nprobe if p <= nlist]:
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         found = ivf.search(queries, TOP_K, params=params)[1]
-        recall = float(np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(found, truth, strict=True)]))
+        recall = overlap_at_k(found, truth)
         row: dict[str, Any] = {"nprobe": nprobe, "recall_at_10": recall}
         row.update(time_single(lambda q, p=params: ivf.search(q, TOP_K, params=p), single))
         row["batched_qps"] = time_batched(lambda q, p=params: ivf.search(q, TOP_K, params=p), queries, args.batch)
