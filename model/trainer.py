@@ -341,18 +341,29 @@ class Trainer:
         return self.start_epoch
 
     def _write_csv(self, row: dict[str, Any]) -> None:
-        path = self.out / "train_log.csv"
-        keys = list(row)
-        new = not path.exists()
-        if not new:
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
-            keys = header + [k for k in row if k not in header]
+        append_csv_row(self.out / "train_log.csv", row)
+
+
+def append_csv_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row; when the row brings new columns (eval_* appear at the first evaluated epoch),
+    rewrite the file with the widened header so every row stays aligned with it."""
+    if not path.exists():
+        rows, header = [], []
+    else:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    if header and all(k in header for k in row):
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            csv.DictWriter(f, fieldnames=header).writerow(row)
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header + [k for k in row if k not in header])
+        writer.writeheader()
+        writer.writerows([*rows, row])
+    tmp.replace(path)
 
 
 def _fmt(row: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import torch
 from model.data import Record
 from model.losses import batch_hard_triplet, compensation_loss, cross_modality_center_loss, identity_contrastive
 from model.sampler import IdentityModalitySampler
-from model.trainer import TrainConfig, lr_factor
+from model.trainer import TrainConfig, append_csv_row, lr_factor
 from model.transforms import TrainTransform
 
 
@@ -101,6 +101,23 @@ def test_train_config_file_and_unknown_keys(tmp_path):
     p.write_text(json.dumps({"epochz": 3}))
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_file(p)
+
+
+def test_train_log_widens_its_header_when_eval_columns_appear(tmp_path):
+    """Epochs before the first evaluation have no eval_* columns; later rows must still line up."""
+    path = tmp_path / "train_log.csv"
+    append_csv_row(path, {"epoch": 1, "total": 2.5})
+    append_csv_row(path, {"epoch": 2, "total": 2.0, "eval_R1": 40.0, "eval_mAP": 30.0})
+    append_csv_row(path, {"epoch": 3, "total": 1.5})
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == ["epoch", "total", "eval_R1", "eval_mAP"]
+    assert all(len(line) == 4 for line in lines)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["eval_mAP"] for r in rows] == ["", "30.0", ""]
+    assert None not in rows[1]  # no value fell outside the header
 
 
 @pytest.fixture(scope="module")
