@@ -23,10 +23,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -57,6 +58,8 @@ _PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# Gallery ids are positive SQLite / Milvus int64 keys: a larger number is a 422 here, not an overflow deeper down.
+ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="gallery item id")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": text}
     for status, text in (
@@ -354,7 +357,7 @@ async def _parse_ingest(request: Request, settings: Settings) -> list[tuple[sche
         for i, item in enumerate(parsed.items):
             label = f"items[{i}].image_base64"
             data = decode_base64(item.image_base64, label)
-            out.append((schemas.IngestItem.model_validate(item.model_dump(exclude={"image_base64"})), data, label))
+            out.append((item, data, label))  # an IngestItemJSON is an IngestItem: validated once
         return out
     raise _unsupported(media)
 
@@ -362,32 +365,21 @@ async def _parse_ingest(request: Request, settings: Settings) -> list[tuple[sche
 # -- routes -----------------------------------------------------------------------------------------
 
 
+def _item_dict(item: Any, item_id: int) -> dict[str, Any]:
+    return {
+        "id": int(item_id),
+        "external_id": item.external_id,
+        "modality": schemas.MODALITY_NAMES[int(item.modality)],
+        "camera": item.camera,
+        "timestamp": item.timestamp,
+        "track_id": item.track_id,
+        "identity": item.identity,
+        "metadata": item.metadata,
+    }
+
+
 def _result(hit: Any) -> dict[str, Any]:
-    item = hit.item
-    return {
-        "id": int(hit.id),
-        "external_id": item.external_id,
-        "score": float(hit.score),
-        "modality": schemas.MODALITY_NAMES[int(item.modality)],
-        "camera": item.camera,
-        "timestamp": item.timestamp,
-        "track_id": item.track_id,
-        "identity": item.identity,
-        "metadata": item.metadata,
-    }
-
-
-def _item_dict(item: Any) -> dict[str, Any]:
-    return {
-        "id": int(item.id),
-        "external_id": item.external_id,
-        "modality": schemas.MODALITY_NAMES[int(item.modality)],
-        "camera": item.camera,
-        "timestamp": item.timestamp,
-        "track_id": item.track_id,
-        "identity": item.identity,
-        "metadata": item.metadata,
-    }
+    return {**_item_dict(hit.item, hit.id), "score": float(hit.score)}
 
 
 def _decode_many(
@@ -511,12 +503,12 @@ def _add_routes(app: FastAPI) -> None:
         responses={404: {"model": schemas.ErrorResponse}, **_ERRORS},
         dependencies=[query_scope],
     )
-    async def get_item(item_id: int, request: Request) -> Any:
+    async def get_item(item_id: ItemId, request: Request) -> Any:
         gallery = _gallery(get_state(request))
         item = await run_in_threadpool(gallery.get, item_id, with_vector=False)
         if item is None:
             raise APIError(404, "not_found", f"no gallery item with id {item_id}")
-        return _item_dict(item)
+        return _item_dict(item, item_id)
 
     @app.get(
         "/gallery/items/{item_id}/thumbnail",
@@ -526,7 +518,7 @@ def _add_routes(app: FastAPI) -> None:
         responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": schemas.ErrorResponse}},
         dependencies=[query_scope],
     )
-    async def get_thumbnail(item_id: int, request: Request) -> Response:
+    async def get_thumbnail(item_id: ItemId, request: Request) -> Response:
         state = get_state(request)
         data = await run_in_threadpool(state.thumbnails.get, item_id) if state.thumbnails is not None else None
         if data is None:
@@ -541,7 +533,7 @@ def _add_routes(app: FastAPI) -> None:
         responses={404: {"model": schemas.ErrorResponse}, **_ERRORS},
         dependencies=[ingest_scope],
     )
-    async def delete_item(item_id: int, request: Request) -> Any:
+    async def delete_item(item_id: ItemId, request: Request) -> Any:
         state = get_state(request)
         gallery = _gallery(state)
         removed = await run_in_threadpool(gallery.remove, [item_id])

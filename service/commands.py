@@ -125,7 +125,7 @@ def _serve(settings: Any) -> int:
     from gallery import GalleryError, GalleryStateError
     from model.checkpoint import CheckpointError
     from model.factory import PretrainedWeightsError
-    from service.app import build_embedder, check_compatible, create_app, open_service_gallery
+    from service.app import build_embedder, create_app, open_service_gallery
 
     host = bind_host(settings)
     log.info("loading the model: %s back-end, weights %s on %s", settings.backend, settings.weights, settings.device)
@@ -143,8 +143,7 @@ def _serve(settings: Any) -> int:
     except GalleryStateError as exc:  # locked by another process, back-end not installed, ...
         raise CommandError(_one_line(exc)) from None
     try:
-        check_compatible(embedder, gallery)
-        app = create_app(settings, embedder=embedder, gallery=gallery)
+        app = create_app(settings, embedder=embedder, gallery=gallery)  # refuses an incompatible pair
         config = uvicorn.Config(
             app,
             host=host,

@@ -85,20 +85,22 @@ def _format_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+# Bad-input exceptions and their answers, most specific class first (subclasses before GalleryError).
+_VALUE_ERRORS: tuple[tuple[type[ValueError], int, str], ...] = (
+    (VersionMismatchError, 409, "embedding_version_mismatch"),
+    (DimensionMismatchError, 409, "dimension_mismatch"),
+    (ItemNotFoundError, 404, "not_found"),
+    (GalleryError, 422, "invalid_item"),
+    (ImageDecodeError, 422, "invalid_image"),
+    (EmbedderError, 422, "embedding_failed"),
+)
+
+
 def classify_value_error(exc: ValueError) -> tuple[int, str]:
     """Status and code of a bad-input exception; the most specific class wins."""
-    if isinstance(exc, VersionMismatchError):
-        return 409, "embedding_version_mismatch"
-    if isinstance(exc, DimensionMismatchError):
-        return 409, "dimension_mismatch"
-    if isinstance(exc, ItemNotFoundError):
-        return 404, "not_found"
-    if isinstance(exc, GalleryError):
-        return 422, "invalid_item"
-    if isinstance(exc, ImageDecodeError):
-        return 422, "invalid_image"
-    if isinstance(exc, EmbedderError):
-        return 422, "embedding_failed"
+    for kind, status, code in _VALUE_ERRORS:
+        if isinstance(exc, kind):
+            return status, code
     return 422, "invalid_request"
 
 

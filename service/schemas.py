@@ -145,24 +145,6 @@ class IngestJSON(BaseModel):
     items: list[IngestItemJSON] = Field(..., min_length=1)
 
 
-class QueryResult(BaseModel):
-    id: int
-    external_id: str | None
-    score: float
-    modality: Modality
-    camera: str | None
-    timestamp: float | None
-    track_id: str | None
-    identity: str | None
-    metadata: dict[str, Any]
-
-
-class QueryResponse(BaseModel):
-    query_modality: Modality
-    results: list[QueryResult] = Field(description="best first")
-    took_ms: float
-
-
 class IngestResponse(BaseModel):
     ids: list[int] = Field(description="gallery ids, in the order of the request's items")
     created: int
@@ -178,6 +160,18 @@ class ItemResponse(BaseModel):
     track_id: str | None
     identity: str | None
     metadata: dict[str, Any]
+
+
+class QueryResult(ItemResponse):
+    """A gallery item with its score (inner product with the query, higher is closer)."""
+
+    score: float
+
+
+class QueryResponse(BaseModel):
+    query_modality: Modality
+    results: list[QueryResult] = Field(description="best first")
+    took_ms: float
 
 
 class DeleteResponse(BaseModel):

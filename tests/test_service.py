@@ -202,6 +202,7 @@ def test_ingest_is_idempotent_and_items_can_be_read_and_deleted(server, admin):
     item_id = first.json()["ids"][1]
     item = admin.get(f"/gallery/items/{item_id}").json()
     assert item["external_id"] == "idem/1" and item["camera"] == "7" and item["modality"] == "visible"
+    assert set(item) == RESULT_KEYS - {"score"} and item["id"] == item_id
     thumb = admin.get(f"/gallery/items/{item_id}/thumbnail")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert thumb.content[:2] == b"\xff\xd8"
@@ -322,6 +323,11 @@ def test_bad_request_shapes(server, admin):
         ),
         (admin.get("/gallery/items/not-a-number"), 422, "validation_error"),
         (admin.get("/gallery/items/987654321"), 404, "not_found"),
+        # ids past int64 would overflow SQLite: refused by the route, not a 500
+        (admin.get(f"/gallery/items/{2**63}"), 422, "validation_error"),
+        (admin.get("/gallery/items/99999999999999999999999/thumbnail"), 422, "validation_error"),
+        (admin.delete(f"/gallery/items/{2**63}"), 422, "validation_error"),
+        (admin.delete("/gallery/items/0"), 422, "validation_error"),
         (admin.get("/no/such/route"), 404, "not_found"),
         (admin.put("/query"), 405, "method_not_allowed"),
     ]
