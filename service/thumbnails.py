@@ -51,6 +51,13 @@ class ThumbnailStore:
             return self.path(item_id).read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # unreadable: the page shows no picture (a 404), the service no 500
+            log.warning("could not read the thumbnail of item %d: %s", item_id, exc)
+            return None
 
     def delete(self, item_id: int) -> None:
-        self.path(item_id).unlink(missing_ok=True)
+        """Remove the file; a failure is logged, not raised: the gallery item is already gone."""
+        try:
+            self.path(item_id).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the thumbnail of item %d: %s", item_id, exc)

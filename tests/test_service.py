@@ -476,3 +476,23 @@ def test_gallery_of_another_embedding_version_is_refused(tmp_path, embedder):
             create_app(settings_for(tmp_path), embedder=embedder, gallery=other)
     finally:
         other.close()
+
+
+def test_thumbnail_store_failures_are_logged_not_raised(tmp_path, caplog):
+    """A thumbnail that cannot be read or removed costs the page a picture, never a 500."""
+    from service.thumbnails import ThumbnailStore
+
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.put_many([(1, b"\xff\xd8jpeg"), (2, None)])
+    assert store.get(1) == b"\xff\xd8jpeg" and store.get(2) is None
+    store.path(3).mkdir(parents=True)  # a directory where the file should be: read and unlink fail
+    with caplog.at_level("WARNING", logger="clipmc.service.thumbnails"):
+        assert store.get(3) is None
+        store.delete(3)
+    assert store.path(3).is_dir()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "could not read the thumbnail of item 3",
+        "could not remove the thumbnail of item 3",
+    ]
+    store.delete(1)
+    assert store.get(1) is None
