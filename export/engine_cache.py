@@ -28,14 +28,17 @@ from filelock import FileLock, Timeout
 
 from model.version import file_sha256
 
+from .embedder import EmbedderError
+
 log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = "clipmc-trt-engine/1"
 DEFAULT_LOCK_TIMEOUT_S = 3600.0  # a ViT-B/16 FP16 build takes minutes; an hour means a stuck builder
 
 
-class EngineCacheError(ValueError):
-    """An engine or its sidecar is missing, corrupt, or was built for something else."""
+class EngineCacheError(EmbedderError):
+    """An engine or its sidecar is missing, corrupt, or was built for something else (an EmbedderError,
+    like ExportError: no TensorRT embedder can be made from it)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .embedder import EmbedderError
+
 if TYPE_CHECKING:
     import onnx
 
@@ -45,8 +47,11 @@ METADATA_FORMAT = "clipmc-onnx/1"
 _MAX_BATCH = 4096  # upper bound the exporter records for the dynamic batch axis
 
 
-class ExportError(ValueError):
-    """The model could not be exported, or an ONNX file is not a CLIP-MC export."""
+class ExportError(EmbedderError):
+    """The model could not be exported, or an ONNX file is not a CLIP-MC export.
+
+    An EmbedderError (a ValueError) because either way no embedder can be made from it: callers of
+    `create_embedder` (the service, the CLIs) handle one exception family."""
 
 
 def export_onnx(

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from .embedder import GPU_EXTRA, PRECISIONS, Embedder, EmbedderError
-from .onnx_export import INPUT_NAMES, OUTPUT_NAME, ExportError, read_onnx_metadata
+from .engine_cache import batch_profile
+from .onnx_export import INPUT_NAMES, OUTPUT_NAME, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,7 @@ class OnnxRuntimeEmbedder(Embedder):
                 "the onnxruntime back-end needs onnxruntime: pip install onnxruntime (CPU) or " + GPU_EXTRA
             ) from exc
         path = Path(onnx_path)
-        try:
-            meta = read_onnx_metadata(path)
-        except ExportError as exc:
-            raise EmbedderError(str(exc)) from exc
+        meta = read_onnx_metadata(path)  # ExportError is an EmbedderError
         if precision not in PRECISIONS:
             raise EmbedderError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
         kind, device_id = _parse_device(device)
@@ -108,7 +106,7 @@ class OnnxRuntimeEmbedder(Embedder):
         if kind == "cuda":
             return [cuda, "CPUExecutionProvider"]
         h, w = self.image_size
-        lo, mid, hi = self.batch_sizes[0], self.batch_sizes[len(self.batch_sizes) // 2], self.batch_sizes[-1]
+        lo, mid, hi = batch_profile(self.batch_sizes)  # the same profile as the tensorrt back-end's engines
 
         def shapes(n: int) -> str:
             return f"image:{n}x3x{h}x{w},modality:{n}"

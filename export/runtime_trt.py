@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .embedder import Embedder, EmbedderError, normalize_batch_sizes
-from .engine_cache import EngineCacheError, read_sidecar
+from .engine_cache import read_sidecar
 from .onnx_export import INPUT_NAMES, OUTPUT_NAME
 from .tensorrt_build import cuda_device, engine_from_weights, import_tensorrt
 
@@ -42,10 +42,7 @@ class TensorRTEmbedder(Embedder):
         trt = import_tensorrt()
         dev = cuda_device(device)
         path = Path(engine_path)
-        try:
-            meta = read_sidecar(path)
-        except EngineCacheError as exc:
-            raise EmbedderError(str(exc)) from exc
+        meta = read_sidecar(path)  # EngineCacheError is an EmbedderError
         lo, _, hi = (int(b) for b in meta["profile"])
         sizes = normalize_batch_sizes(batch_sizes or meta["batch_sizes"])
         outside = [b for b in sizes if not lo <= b <= hi]

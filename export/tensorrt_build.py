@@ -30,7 +30,7 @@ from model.version import file_sha256
 
 from .embedder import GPU_EXTRA, EmbedderError, normalize_batch_sizes
 from .engine_cache import EngineKey, batch_profile, cached_engine, make_key
-from .onnx_export import ExportError, read_onnx_metadata
+from .onnx_export import read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,7 @@ def build_engine(
         raise EmbedderError(f"unknown precision {precision!r}: use fp16 or fp32")
     sizes = normalize_batch_sizes(batch_sizes)
     onnx_path = Path(onnx_path)
-    try:
-        meta = read_onnx_metadata(onnx_path)
-    except ExportError as exc:
-        raise EmbedderError(str(exc)) from exc
+    meta = read_onnx_metadata(onnx_path)  # ExportError is an EmbedderError
     trt = import_tensorrt()
     dev = cuda_device(device)
     key = engine_key_for(onnx_path, precision, sizes, dev)

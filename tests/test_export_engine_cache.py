@@ -156,6 +156,8 @@ def test_sidecar_errors(tmp_path):
         read_sidecar(engine)
     with pytest.raises(EngineCacheError, match="not found"):
         read_sidecar(tmp_path / "none.engine")
+    with pytest.raises(EmbedderError, match="not found"):  # what create_embedder's callers catch
+        read_sidecar(tmp_path / "none.engine")
 
 
 def test_failed_build_leaves_no_entry(tmp_path):
