@@ -36,7 +36,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     from export import create_embedder
-    from export.onnx_export import export_weights
+    from export.embedder import TorchEmbedder, load_model_weights
+    from export.onnx_export import export_onnx
     from export.quantize import quantize_int8
     from model.data import load_dataset
     from model.preprocess import resize_crop
@@ -45,11 +46,12 @@ def main() -> int:
     dataset = load_dataset(args.dataset, args.data_root)
     setting = args.setting or next(iter(dataset.settings))
     trials = [int(t) for t in args.trials.split(",")]
+    model, version = load_model_weights(args.checkpoint)  # loaded and hashed once, for both uses
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_weights(args.checkpoint, Path(tmp) / "model.onnx")
+        fp32 = export_onnx(model, Path(tmp) / "model.onnx", embedding_version=version)
         int8 = quantize_int8(fp32, Path(tmp) / "model-int8.onnx")
         runtimes = {
-            "torch fp32": create_embedder("torch", args.checkpoint),
+            "torch fp32": TorchEmbedder(model, embedding_version=version),
             "onnxruntime fp32": create_embedder("onnxruntime", str(fp32)),
             "onnxruntime int8": create_embedder("onnxruntime", str(int8)),
         }

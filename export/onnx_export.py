@@ -220,19 +220,6 @@ def onnx_opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def load_weights(weights: str | os.PathLike) -> tuple[CLIPMC, str]:
-    """(model, embedding_version) for a checkpoint directory or "openai"."""
-    from .embedder import load_model_weights
-
-    return load_model_weights(weights)
-
-
-def export_weights(weights: str | os.PathLike, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Load a checkpoint directory (or "openai") and export it."""
-    model, version = load_weights(weights)
-    return export_onnx(model, out, opset=opset, embedding_version=version)
-
-
 def default_cache_dir() -> Path:
     from model.factory import default_cache_dir as model_cache
 
@@ -241,17 +228,20 @@ def default_cache_dir() -> Path:
 
 def export_onnx_cached(weights: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Export once per embedding_version into `cache_dir` (under a file lock: concurrent workers
-    starting together export once and share the file)."""
+    starting together export once and share the file).
+
+    A checkpoint's version comes from its config.json, so a cache hit loads and hashes no weights;
+    zero-shot weights have no such record and are loaded (and hashed once) to name the file."""
     from filelock import FileLock
 
     from model.checkpoint import read_checkpoint_config
 
+    from .embedder import load_model_weights, weights_kind
+
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    from .embedder import weights_kind
-
     if weights_kind(weights) == "zero-shot":
-        model, version = load_weights(weights)
+        model, version = load_model_weights(weights)
     else:
         model, version = None, read_checkpoint_config(weights)["embedding_version"]
     target = directory / f"{version}.onnx"
@@ -264,7 +254,7 @@ def export_onnx_cached(weights: str | os.PathLike, cache_dir: str | os.PathLike 
             except ExportError as exc:
                 log.warning("re-exporting: %s", exc)
         if model is None:
-            model, version = load_weights(weights)
+            model, version = load_model_weights(weights)
         return export_onnx(model, target, embedding_version=version)
 
 

@@ -144,14 +144,32 @@ def test_onnxruntime_uint8_and_float_inputs_agree(exported):
     emb.warmup()
 
 
-def test_checkpoint_through_the_export_cache(exported, cache_dir, tiny_checkpoint):
-    """create_embedder('onnxruntime', checkpoint) reuses the file the cache already holds."""
+def test_checkpoint_through_the_export_cache(exported, cache_dir, tiny_checkpoint, monkeypatch):
+    """create_embedder('onnxruntime', checkpoint) reuses the file the cache already holds, without
+    loading (and hashing) the checkpoint's weights: its config.json names the version."""
+    import model.checkpoint
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a cache hit must not load the checkpoint weights")
+
     path, _ = exported
     assert [p.name for p in cache_dir.glob("*.onnx")] == [path.name]
     stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr(model.checkpoint, "load_checkpoint", no_load)
     emb = create_embedder("onnxruntime", tiny_checkpoint, engine_dir=cache_dir)
     assert path.stat().st_mtime_ns == stamp
     assert emb.embedding_version in path.name and emb.onnx_path == path
+
+
+def test_unreadable_cache_entry_is_exported_again(tiny_checkpoint, tmp_path):
+    """A cache file that is not a readable CLIP-MC export (a crash of an older writer, a stray file) is
+    replaced by a fresh export rather than handed to the runtime."""
+    version = read_checkpoint_config(tiny_checkpoint)["embedding_version"]
+    stale = tmp_path / f"{version}.onnx"
+    stale.write_bytes(b"truncated")
+    path = export_onnx_cached(tiny_checkpoint, tmp_path)
+    assert path == stale
+    assert read_onnx_metadata(path)["embedding_version"] == version
 
 
 def test_refuses_opset_below_18(tiny_model, tmp_path):
