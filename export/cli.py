@@ -65,21 +65,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    from .embedder import EmbedderError, normalize_batch_sizes
+
     try:
-        sizes = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
-    except ValueError as exc:
-        raise ExportCLIError(f"--batch-sizes must be comma-separated integers, got {text!r}") from exc
-    if not sizes or sizes[0] < 1:
-        raise ExportCLIError(f"--batch-sizes must be positive integers, got {text!r}")
-    return sizes
+        return normalize_batch_sizes([t for t in text.split(",") if t.strip()])
+    except EmbedderError as exc:
+        raise ExportCLIError(f"--batch-sizes must be comma-separated positive integers, got {text!r}") from exc
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
 
-    model, version = _load(args.checkpoint)
-    if args.out.suffix != ".onnx":
+    if args.out.suffix != ".onnx":  # before loading (and hashing) the weights
         raise ExportCLIError(f"--out {args.out}: expected a .onnx file name")
+    model, version = _load(args.checkpoint)
     path = export_onnx(model, args.out, opset=args.opset, embedding_version=version)
     print(f"wrote {path} ({version}, opset {args.opset}, {path.stat().st_size / 1e6:.1f} MB)")
     if args.int8:

@@ -129,6 +129,17 @@ def test_export_onnx_bad_arguments(tiny_checkpoint, tmp_path, capsys):
     assert ".onnx" in _one_line_error(capsys, "export")
 
 
+def test_export_onnx_checks_out_before_loading_weights(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import export.embedder
+
+    def no_load(weights):
+        raise AssertionError("a bad --out must be refused before the weights are loaded")
+
+    monkeypatch.setattr(export.embedder, "load_model_weights", no_load)
+    assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.bin")]) == 2
+    assert ".onnx" in _one_line_error(capsys, "export")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_export_tensorrt_without_tensorrt_is_one_line(cli_onnx, tmp_path, capsys):
     code = main(["export", "tensorrt", "--onnx", str(cli_onnx), "--out", str(tmp_path / "eng"), "--fp16"])
