@@ -357,6 +357,11 @@ def test_bad_ingest_input(server, admin):
     assert_error(admin.post("/gallery/ingest", json={"items": []}), 422, "validation_error")
     r = admin.post("/gallery/ingest", json={"items": [{**meta, "image_base64": ""}]})
     assert_error(r, 422, "empty_image")
+    good_b64 = {**meta, "image_base64": base64.b64encode(image).decode()}
+    r = admin.post("/gallery/ingest", json={"items": [good_b64, {**meta, "image_base64": "@@"}]})
+    assert "items[1].image_base64" in assert_error(r, 422, "invalid_image")["message"]
+    r = admin.post("/gallery/ingest", content=b'{"items": [', headers={"content-type": "application/json"})
+    assert_error(r, 422, "invalid_json")
     assert_healthy(server)
 
 
