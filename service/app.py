@@ -113,6 +113,7 @@ class ServiceState:
     limits: ImageLimits
     embedder: Embedder | None = None
     gallery: Any = None
+    owns_embedder: bool = False  # built at start-up, so closed at shutdown (what was passed in, the caller closes)
     owns_gallery: bool = False
     batcher: DynamicBatcher | None = None
     thumbnails: ThumbnailStore | None = None
@@ -191,6 +192,7 @@ async def _start(state: ServiceState) -> None:
     if state.embedder is None:
         state.status = "loading the model"
         state.embedder = await run_in_threadpool(build_embedder, settings)
+        state.owns_embedder = True
     if state.gallery is None:
         state.status = "opening the gallery"
         state.gallery = await run_in_threadpool(open_service_gallery, settings, state.embedder)
@@ -255,6 +257,8 @@ async def _stop(state: ServiceState) -> None:
         await run_in_threadpool(state.executor.shutdown, True)
     if state.owns_gallery and state.gallery is not None:
         await run_in_threadpool(state.gallery.close)
+    if state.owns_embedder and state.embedder is not None:
+        await run_in_threadpool(state.embedder.close)  # TensorRT engines, ORT sessions, device memory
 
 
 # -- request parsing --------------------------------------------------------------------------------

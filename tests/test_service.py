@@ -471,6 +471,30 @@ def test_readyz_turns_ready_only_after_warmup(tmp_path, embedder):
         assert query_multipart(c, crop_bytes(1, 3)).status_code == 200
 
 
+def test_what_the_app_builds_at_start_up_it_closes(tmp_path, embedder, monkeypatch):
+    """`uvicorn --factory` builds the embedder and gallery in the lifespan: shutdown releases both."""
+    from gallery import GalleryStateError
+    from service.app import create_app
+
+    closed: list[str] = []
+
+    class Owned(GatedEmbedder):
+        def close(self) -> None:
+            closed.append(self.embedding_version)
+
+    built: list[Any] = []
+    gate = threading.Event()
+    gate.set()
+    monkeypatch.setattr("service.app.build_embedder", lambda settings: built.append(settings) or Owned(embedder, gate))
+    with live_server(create_app(settings_for(tmp_path))) as srv, srv.client() as c:
+        assert query_multipart(c, crop_bytes(1, 3)).status_code == 200
+        gallery = srv.state.gallery
+        assert closed == []
+    assert len(built) == 1 and closed == [embedder.embedding_version]
+    with pytest.raises(GalleryStateError):
+        gallery.stats()
+
+
 def test_gallery_of_another_embedding_version_is_refused(tmp_path, embedder):
     from gallery import open_gallery
     from service.app import create_app
