@@ -41,14 +41,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="the dataset's root folder")
     p.add_argument("--mode", help="SYSU: all | indoor (default both); RegDB: visible_to_thermal | "
                                   "thermal_to_visible; LLCM: ir_to_visible | visible_to_ir (default both)")  # fmt: skip
-    p.add_argument("--split", default="1", help="RegDB split 1..10 or 'all'")
-    p.add_argument("--trials", help="comma-separated trials (default: the protocol's 10)")
+    p.add_argument("--split", default=1, type=_split_arg, help="RegDB split 1..10 or 'all'")
+    p.add_argument("--trials", type=_trials_arg, help="comma-separated trials (default: the protocol's 10)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped crop")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="results/eval", help="folder for results.json and cmc.png")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _split_arg(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a RegDB split 1..10 or 'all', got {text!r}") from None
+
+
+def _trials_arg(text: str) -> list[int]:
+    try:
+        trials = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated trial numbers such as 0,1,2, got {text!r}"
+        ) from None
+    if any(t < 0 for t in trials):
+        raise argparse.ArgumentTypeError(f"trial numbers are non-negative, got {text!r}")
+    return trials
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -169,20 +190,30 @@ def evaluate_model(model, dataset, settings=None, trials=None, *, device="cpu", 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, read_checkpoint_config
     from .factory import build_model
     from .protocols import merge_results, plot_cmc, write_results_json
 
     device = resolve_device(args.device)
-    trials = [int(t) for t in args.trials.split(",")] if args.trials else None
+    trials = args.trials
     layout = _layout(args.dataset, args.data_root)
     splits: list[int | None] = [None]
     if layout == "regdb":
-        splits = list(range(1, 11)) if args.split == "all" else [int(args.split)]
+        splits = list(range(1, 11)) if args.split == "all" else [args.split]
     runs = []
+    versions: dict[int | None, str] = {}
+    loaded = None
     for split in splits:
         ckpt = args.checkpoint.format(split=split) if split is not None else args.checkpoint
-        model = build_model("vit-b-16", pretrained="openai") if ckpt == "openai" else load_checkpoint(ckpt)
+        if ckpt != loaded:  # a checkpoint without {split} (or "openai") serves every split: load it once
+            if ckpt == "openai":
+                model = build_model("vit-b-16", pretrained="openai")
+                version = model.embedding_version
+            else:
+                model = load_checkpoint(ckpt)
+                version = read_checkpoint_config(ckpt)["embedding_version"]  # verified by load_checkpoint
+            loaded = ckpt
+        versions[split] = version
         dataset = _open_dataset(args.dataset, args.data_root, split)
         settings = [args.mode] if args.mode else None
         run = evaluate_model(
@@ -198,7 +229,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         runs.append(run)
     results = merge_results(runs) if len(runs) > 1 else runs[0]
     out = Path(args.out)
-    extra = {"checkpoint": args.checkpoint, "flip": args.flip, "embedding_version": model.embedding_version}
+    # One version, or (one model per RegDB split) the version of each split's model.
+    distinct = set(versions.values())
+    embedding_version = distinct.pop() if len(distinct) == 1 else {str(k): v for k, v in versions.items()}
+    extra = {"checkpoint": args.checkpoint, "flip": args.flip, "embedding_version": embedding_version}
     write_results_json(results, out / "results.json", extra)
     plot_cmc(results, out / "cmc.png")
     print(results.table())

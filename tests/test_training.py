@@ -217,3 +217,42 @@ def test_train_and_evaluate_cli_on_regdb_and_llcm_layouts(tmp_path, layout):
     settings = json.loads((tmp_path / "eval" / "results.json").read_text())["settings"]
     expected = {"regdb": {"visible_to_thermal", "thermal_to_visible"}, "llcm": {"ir_to_visible", "visible_to_ir"}}
     assert set(settings) == expected[layout]
+
+
+def test_evaluate_cli_regdb_all_splits_loads_a_shared_checkpoint_once(
+    tmp_path, synth_trees, tiny_checkpoint, monkeypatch
+):
+    """--split all with one checkpoint (no {split} in it): loaded once, all 10 splits merged, its version recorded."""
+    import model.checkpoint
+    from model import read_checkpoint_config
+    from service.cli import main
+
+    loads = []
+    real_load = model.checkpoint.load_checkpoint
+    monkeypatch.setattr(
+        model.checkpoint, "load_checkpoint", lambda p, *a, **k: loads.append(p) or real_load(p, *a, **k)
+    )
+    out = tmp_path / "eval"
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "regdb", "--data-root",
+            str(synth_trees["regdb"]), "--split", "all", "--mode", "visible_to_thermal", "--workers", "0",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert loads == [str(tiny_checkpoint)]
+    result = json.loads((out / "results.json").read_text())
+    assert result["settings"]["visible_to_thermal"]["trials"] == list(range(1, 11))
+    assert result["run"]["embedding_version"] == read_checkpoint_config(tiny_checkpoint)["embedding_version"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--trials", "0,x", "comma-separated trial numbers"), ("--trials", "-1", "non-negative"),
+     ("--split", "two", "RegDB split 1..10 or 'all'")],
+)  # fmt: skip
+def test_evaluate_cli_bad_trials_or_split_is_a_usage_error(tmp_path, flag, value, message, capsys):
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", "x", "--dataset", "regdb", "--data-root", str(tmp_path), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
