@@ -244,5 +244,7 @@ class BaseGallery(abc.ABC):
         for value in ids:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                 raise GalleryError(f"item ids are integers, got {value!r}")
+            if not 0 <= int(value) < 2**63:  # SQLite and FAISS ids are signed 64-bit
+                raise GalleryError(f"item id {value} is outside 0..2**63-1")
             out.append(int(value))
         return out

@@ -26,7 +26,7 @@ def test_round_trip_gives_identical_vectors(tiny_checkpoint):
         cfg["embedding_version"].startswith("clipmc-tiny.w") and "288x144-bicubic-clipnorm" in cfg["embedding_version"]
     )
     assert cfg["metadata"]["note"] == "test fixture"
-    assert float(a.mc.alpha) == pytest.approx(0.7)
+    assert a.mc.alpha.item() == pytest.approx(0.7)
 
 
 def test_save_load_preserves_vectors_of_the_saved_model(tmp_path, tiny_model):

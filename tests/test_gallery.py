@@ -340,6 +340,11 @@ def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -
         with pytest.raises(GalleryError, match=r"L2 norm 2\.0"):
             gallery.add([Item(good * 2, 0)])
         assert gallery.stats()["count"] == 0  # nothing of a refused batch is stored
+        for bad_id in (2**63, -1):  # past SQLite's signed 64-bit ids: a clear error, not OverflowError
+            with pytest.raises(GalleryError, match="outside"):
+                gallery.get(bad_id)
+            with pytest.raises(GalleryError, match="outside"):
+                gallery.remove([bad_id])
         with pytest.raises(GalleryError, match="modality"):
             Item(good, "thermal")
         with pytest.raises(GalleryError, match="modality"):
