@@ -41,6 +41,7 @@ COPY docker/requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/python -m pip install --ignore-installed -r /tmp/requirements.txt
 
 COPY pyproject.toml README.md /src/
+COPY clipmc /src/clipmc
 COPY model /src/model
 COPY export /src/export
 COPY gallery /src/gallery
@@ -48,7 +49,7 @@ COPY service /src/service
 RUN /opt/venv/bin/python -m pip install --no-deps /src \
     && /opt/venv/bin/python -c "import tensorrt as trt; v = trt.__version__; assert v.split('.')[0] == '10', f'TensorRT 10 expected in the base image, found {v}'; print('TensorRT', v)" \
     && /opt/venv/bin/clipmc --help > /dev/null \
-    && /opt/venv/bin/python -c "import export, gallery, model, service.app; import faiss, onnxruntime, torch"
+    && /opt/venv/bin/python -c "import clipmc.export, clipmc.gallery, clipmc.model, clipmc.service.app; import faiss, onnxruntime, torch"
 
 FROM ${BASE_IMAGE} AS runtime
 

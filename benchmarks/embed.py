@@ -135,8 +135,9 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
     """(label, embedder) for every requested back-end x precision that this machine can run."""
     import torch
 
-    from export.embedder import TorchEmbedder, load_model_weights
-    from model import build_model
+    from clipmc.export.runtime_torch import TorchEmbedder
+    from clipmc.export.weights import load_model_weights
+    from clipmc.model import build_model
 
     if args.weights:
         model, version = load_model_weights(args.weights)
@@ -155,7 +156,7 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
     def onnx_file() -> Path:
         nonlocal onnx_path
         if onnx_path is None:
-            from export.onnx_export import export_onnx
+            from clipmc.export.onnx_export import export_onnx
 
             log.info("exporting %s to ONNX for the onnxruntime/tensorrt runs", model.config.name)
             onnx_path = export_onnx(model, workdir / "model.onnx", embedding_version=version)
@@ -190,7 +191,7 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
                             )
                         )
                 elif backend == "onnxruntime":
-                    from export.runtime_ort import OnnxRuntimeEmbedder
+                    from clipmc.export.runtime_ort import OnnxRuntimeEmbedder
 
                     ort_device = "cpu" if device == "cpu" else ("tensorrt" if precision == "fp16" else "cuda")
                     runtimes.append(
@@ -207,8 +208,8 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
                         )
                     )
                 elif backend == "tensorrt":
-                    from export.runtime_trt import TensorRTEmbedder
-                    from export.tensorrt_build import build_engine
+                    from clipmc.export.runtime_trt import TensorRTEmbedder
+                    from clipmc.export.tensorrt_build import build_engine
 
                     engine = build_engine(
                         onnx_file(),

@@ -35,13 +35,14 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from export import create_embedder
-    from export.embedder import TorchEmbedder, load_model_weights
-    from export.onnx_export import export_onnx
-    from export.quantize import quantize_int8
-    from model.data import load_dataset
-    from model.preprocess import resize_crop
-    from model.protocols import evaluate
+    from clipmc.export import create_embedder
+    from clipmc.export.onnx_export import export_onnx
+    from clipmc.export.quantize import quantize_int8
+    from clipmc.export.runtime_torch import TorchEmbedder
+    from clipmc.export.weights import load_model_weights
+    from clipmc.model.data import load_dataset
+    from clipmc.model.preprocess import resize_crop
+    from clipmc.model.protocols import evaluate
 
     dataset = load_dataset(args.dataset, args.data_root)
     setting = args.setting or next(iter(dataset.settings))

@@ -140,8 +140,8 @@ def bench_ivf(
     """IVF as the gallery builds it (its IndexConfig defaults, VectorIndex.ivf): recall@10 and speed per nprobe."""
     import faiss
 
-    from gallery import IndexConfig
-    from gallery.index import VectorIndex
+    from clipmc.gallery import IndexConfig
+    from clipmc.gallery.index import VectorIndex
 
     n, dim = vectors.shape
     config = IndexConfig()
@@ -172,7 +172,7 @@ def bench_gallery(
     vectors: np.ndarray, modality: np.ndarray, single: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Ingest through Gallery.add (durable batches), then end-to-end Gallery.search."""
-    from gallery import Filters, Gallery, IndexConfig, Item
+    from clipmc.gallery import Filters, Gallery, IndexConfig, Item
 
     n, dim = vectors.shape
     workdir = Path(tempfile.mkdtemp(prefix="gallery-bench-", dir=args.workdir))

@@ -1,6 +1,6 @@
 """HTTP load test of the service: throughput and latency of POST /query with and without dynamic batching.
 
-The script starts the service itself (``python -m service.cli serve`` in a subprocess, loopback only,
+The script starts the service itself (``python -m clipmc.cli serve`` in a subprocess, loopback only,
 auth off), fills a gallery with synthetic crops through ``POST /gallery/ingest``, then, for each
 concurrency level, runs a bounded number of ``POST /query`` requests (multipart, infrared crops) from
 an asynchronous httpx client, ``concurrency`` requests in flight at any time. It does so twice: with
@@ -50,7 +50,7 @@ def make_checkpoint(model: str, directory: Path) -> Path:
     """A randomly initialised checkpoint (MC head switched on, so the modality matters as after training)."""
     import torch
 
-    from model import build_model, save_checkpoint
+    from clipmc.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
     net = build_model(model)
@@ -63,7 +63,7 @@ def crops(n: int, camera: int, seed: int = 0) -> list[bytes]:
     """Synthetic person crops as PNG (SYSU-MM01 camera numbering: 3 and 6 are infrared)."""
     from PIL import Image
 
-    from model.synth import render_image
+    from clipmc.model.synth import render_image
 
     modality = 1 if camera in (3, 6) else 0
     out = []
@@ -92,7 +92,7 @@ def server(weights: Path, gallery: Path, max_batch: int, max_wait_ms: float, log
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPMC_")}
     env.update(CLIPMC_MAX_QUEUE="100000", CLIPMC_LOG_LEVEL="warning")
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--weights", str(weights), "--gallery", str(gallery)]
+    cmd = [sys.executable, "-m", "clipmc.cli", "serve", "--weights", str(weights), "--gallery", str(gallery)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
     with open(log_path, "ab") as log_file:

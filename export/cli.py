@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    from .embedder import EmbedderError, normalize_batch_sizes
+    from .base import EmbedderError, normalize_batch_sizes
 
     try:
         return normalize_batch_sizes([t for t in text.split(",") if t.strip()])
@@ -107,8 +107,8 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .embedder import TorchEmbedder
-    from .runtime_ort import OnnxRuntimeEmbedder
+    from .factory import create_embedder
+    from .runtime_torch import TorchEmbedder
     from .verify import parity_report
 
     if args.onnx is None and args.engine is None:
@@ -127,13 +127,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     reference = TorchEmbedder(model, device=args.device, batch_sizes=(8, 32), embedding_version=version)
     candidates = {}
     if args.onnx is not None:
-        candidates[f"onnxruntime/{args.ort_device}"] = OnnxRuntimeEmbedder(
-            args.onnx, device=args.ort_device, batch_sizes=(8, 32)
+        candidates[f"onnxruntime/{args.ort_device}"] = create_embedder(
+            "onnxruntime", args.onnx, device=args.ort_device, batch_sizes=(8, 32)
         )
     if args.engine is not None:
-        from .runtime_trt import TensorRTEmbedder
-
-        engine = TensorRTEmbedder(args.engine, device="cuda" if args.device == "cpu" else args.device)
+        engine = create_embedder("tensorrt", args.engine, device="cuda" if args.device == "cpu" else args.device)
         candidates[f"tensorrt/{engine.precision}"] = engine
     report = parity_report(reference, candidates, n_random=args.n, images_dir=args.images, k=args.k)
     print(report.table())
@@ -148,9 +146,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _load(weights: str):
     """(model, embedding_version); load failures become one-line errors."""
-    from model.factory import PretrainedWeightsError
+    from clipmc.model.factory import PretrainedWeightsError
 
-    from .embedder import load_model_weights
+    from .weights import load_model_weights
 
     try:
         return load_model_weights(weights)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,9 +25,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from model.version import file_sha256
+from clipmc.contract import atomic_write, file_sha256
 
-from .embedder import EmbedderError
+from .base import EmbedderError
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ def cached_engine(
         if not data:
             raise EngineCacheError("the engine build returned no data")
         build_s = time.perf_counter() - t0
-        _atomic_write(engine, bytes(data))
+        atomic_write(engine, bytes(data))
         meta = {
             **fields,
             "format": SIDECAR_FORMAT,
@@ -174,7 +173,7 @@ def cached_engine(
             "build_seconds": round(build_s, 2),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
+        atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
         log.info("engine built in %.1fs: %s (%.1f MB)", build_s, engine, len(data) / 1e6)
         return engine
     finally:
@@ -190,17 +189,3 @@ def _valid_entry(engine: Path, key: EngineKey) -> bool:
         log.warning("ignoring cache entry: %s", exc)
         return False
     return meta.get("key_digest") == key.digest
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; workers may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

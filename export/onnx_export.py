@@ -23,35 +23,27 @@ import copy
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .embedder import EmbedderError
+from clipmc.contract import atomic_write
+
+from .base import ExportError, default_cache_dir
+from .graph import INPUT_NAMES, METADATA_FORMAT, OUTPUT_NAME, onnx_opset, read_onnx_metadata
 
 if TYPE_CHECKING:
     import onnx
 
-    from model.clipmc import CLIPMC
+    from clipmc.model.clipmc import CLIPMC
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("image", "modality")
-OUTPUT_NAME = "embedding"
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-METADATA_FORMAT = "clipmc-onnx/1"
 _MAX_BATCH = 4096  # upper bound the exporter records for the dynamic batch axis
-
-
-class ExportError(EmbedderError):
-    """The model could not be exported, or an ONNX file is not a CLIP-MC export.
-
-    An EmbedderError (a ValueError) because either way no embedder can be made from it: callers of
-    `create_embedder` (the service, the CLIs) handle one exception family."""
 
 
 def export_onnx(
@@ -91,8 +83,8 @@ def _export(model: CLIPMC, out: Path, opset: int, embedding_version: str | None,
     import onnx
     import torch
 
-    from model.clipmc import EmbeddingGraph
-    from model.version import preprocess_config
+    from clipmc.model.clipmc import EmbeddingGraph
+    from clipmc.model.version import preprocess_config
 
     version = embedding_version or model.embedding_version
     h, w = model.config.image_size
@@ -193,39 +185,6 @@ def fold_constants(model: Any) -> onnx.ModelProto:
     return _ir_to_proto(remaining)
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The CLIP-MC metadata of an exported file (without loading its weights), decoded."""
-    import onnx
-
-    p = Path(path)
-    if not p.is_file():
-        raise ExportError(f"{p}: ONNX file not found")
-    try:
-        proto = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / OSError / ValueError for a bad file
-        raise ExportError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    props = {prop.key: prop.value for prop in proto.metadata_props}
-    if props.get("format") != METADATA_FORMAT or "embedding_version" not in props:
-        raise ExportError(f"{p}: not a CLIP-MC export (no {METADATA_FORMAT!r} metadata; run clipmc export onnx)")
-    meta: dict[str, Any] = dict(props)
-    meta["embedding_dim"] = int(props["embedding_dim"])
-    meta["opset"] = int(props["opset"])
-    meta["image_size"] = tuple(json.loads(props["image_size"]))
-    meta["preprocessing"] = json.loads(props["preprocessing"])
-    meta["architecture_config"] = json.loads(props.get("architecture_config", "{}"))
-    return meta
-
-
-def onnx_opset(proto: onnx.ModelProto) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def default_cache_dir() -> Path:
-    from model.factory import default_cache_dir as model_cache
-
-    return Path(model_cache()) / "export"
-
-
 def export_onnx_cached(weights: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Export once per embedding_version into `cache_dir` (under a file lock: concurrent workers
     starting together export once and share the file).
@@ -234,9 +193,9 @@ def export_onnx_cached(weights: str | os.PathLike, cache_dir: str | os.PathLike 
     zero-shot weights have no such record and are loaded (and hashed once) to name the file."""
     from filelock import FileLock
 
-    from model.checkpoint import read_checkpoint_config
+    from clipmc.model.checkpoint import read_checkpoint_config
 
-    from .embedder import load_model_weights, weights_kind
+    from .weights import load_model_weights, weights_kind
 
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -288,16 +247,7 @@ def _ir_from_proto(proto: onnx.ModelProto) -> Any:
 def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
     import onnx
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service may run as another user
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def _smoke_parity(model: CLIPMC, path: Path) -> None:

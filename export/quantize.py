@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
-from .onnx_export import ExportError, read_onnx_metadata
+from clipmc.contract import atomic_write
+
+from .base import ExportError
+from .graph import read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,17 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     # value_info, and then fails its own shape inference ("differ in dimension 0"); value_info is
     # optional (it is re-inferred), so hand it a graph without.
     del source.graph.value_info[:]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".onnx", dir=dst.parent)
-    os.close(fd)
-    try:
-        log.info("quantising %s to INT8 (dynamic, per-channel MatMul/Gemm weights)", src.name)
+    log.info("quantising %s to INT8 (dynamic, per-channel MatMul/Gemm weights)", src.name)
+
+    def write(tmp: Path) -> None:
         quantize_dynamic(
             source,
-            tmp,
+            str(tmp),
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
         )
-        proto = onnx.load(tmp)
+        proto = onnx.load(str(tmp))
         del proto.metadata_props[:]
         onnx.helper.set_model_props(
             proto,
@@ -57,11 +57,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
                 "quantization": "onnxruntime quantize_dynamic: QInt8 per-channel weights of MatMul/Gemm",
             },
         )
-        onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        onnx.save(proto, str(tmp))
+
+    atomic_write(dst, write)
     log.info("wrote %s (%.1f MB, from %.1f MB)", dst, dst.stat().st_size / 1e6, src.stat().st_size / 1e6)
     return dst

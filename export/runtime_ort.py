@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import GPU_EXTRA, PRECISIONS, Embedder, EmbedderError
+from .base import GPU_EXTRA, PRECISIONS, Embedder, EmbedderError
 from .engine_cache import batch_profile
-from .onnx_export import INPUT_NAMES, OUTPUT_NAME, read_onnx_metadata
+from .graph import INPUT_NAMES, OUTPUT_NAME, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import Embedder, EmbedderError, normalize_batch_sizes
+from .base import Embedder, EmbedderError, normalize_batch_sizes
 from .engine_cache import read_sidecar
-from .onnx_export import INPUT_NAMES, OUTPUT_NAME
+from .graph import INPUT_NAMES, OUTPUT_NAME
 from .tensorrt_build import cuda_device, engine_from_weights, import_tensorrt
 
 log = logging.getLogger(__name__)

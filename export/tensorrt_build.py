@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model.version import file_sha256
+from clipmc.contract import atomic_write, file_sha256
 
-from .embedder import GPU_EXTRA, EmbedderError, normalize_batch_sizes
+from .base import GPU_EXTRA, EmbedderError, default_cache_dir, normalize_batch_sizes
 from .engine_cache import EngineKey, batch_profile, cached_engine, make_key
-from .onnx_export import read_onnx_metadata
+from .graph import read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,6 @@ def engine_from_weights(
     device: str,
 ) -> Path:
     """What `create_embedder("tensorrt", ...)` calls: the cached engine, built on first use."""
-    from .onnx_export import default_cache_dir
 
     directory = Path(engine_dir) if engine_dir else default_cache_dir() / "engines"
     return build_engine(onnx_path, directory, precision=precision, batch_sizes=batch_sizes, device=device)
@@ -253,9 +252,7 @@ def _keep_sensitive_layers_fp32(trt: Any, network: Any) -> int:
 
 def _write_timing_cache(cache: Any, path: Path) -> None:
     data = bytes(memoryview(cache.serialize()))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def _progress_monitor(trt: Any) -> Any:

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import Embedder
+from clipmc.contract import IMAGE_SUFFIXES
+
+from .base import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,6 @@ COSINE_THRESHOLD = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
 # the precision, not a ranking change (fp16 scores carry ~1e-3 error; fp32 ~1e-7). INT8 (dynamic
 # quantisation, CPU) is an opt-in approximation with its own, looser gate.
 TIE_TOLERANCE = {"fp32": 1e-6, "fp16": 2e-3, "int8": 2e-2}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -208,7 +209,7 @@ def folder_inputs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The user's crops through the contract's preprocessing, each embedded as both modalities:
     the infrared copies are the queries and the visible copies the gallery."""
-    from model.preprocess import PreprocessConfig, preprocess
+    from clipmc.model.preprocess import PreprocessConfig, preprocess
 
     files = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if len(files) < 2:

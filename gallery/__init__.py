@@ -5,7 +5,7 @@ It knows nothing of models: it takes float32, L2-normalised vectors of one ``dim
 ``VersionMismatchError``; vectors that are non-finite or not unit-norm are refused too, never
 silently renormalised). Scores are inner products (cosine similarities).
 
-    from gallery import Filters, Item, open_gallery
+    from clipmc.gallery import Filters, Item, open_gallery
 
     with open_gallery("data/gallery", dim=1280, embedding_version=version) as gallery:
         result = gallery.add([Item(vector, modality="visible", camera=3, external_id="cam3/0001.jpg")])
@@ -35,17 +35,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gallery.base import BaseGallery
-from gallery.errors import (
+from clipmc.gallery.base import BaseGallery
+from clipmc.gallery.errors import (
     DimensionMismatchError,
     GalleryError,
     GalleryStateError,
     ItemNotFoundError,
     VersionMismatchError,
 )
-from gallery.faiss_backend import FaissGallery
-from gallery.index import IndexConfig
-from gallery.items import INFRARED, MAX_TOP_K, VISIBLE, AddResult, Filters, Item, SearchHit, parse_modality
+from clipmc.gallery.faiss_backend import FaissGallery
+from clipmc.gallery.index import IndexConfig
+from clipmc.gallery.items import INFRARED, MAX_TOP_K, VISIBLE, AddResult, Filters, Item, SearchHit, parse_modality
 
 BACKENDS = ("faiss", "milvus")
 
@@ -83,7 +83,7 @@ def open_gallery(
     if backend == "faiss":
         return FaissGallery(path, dim, embedding_version, **options)
     if backend == "milvus":
-        from gallery.milvus_backend import MilvusGallery
+        from clipmc.gallery.milvus_backend import MilvusGallery
 
         return MilvusGallery(path, dim, embedding_version, **options)
     raise GalleryError(f"unknown gallery back-end {backend!r}; choose one of {', '.join(BACKENDS)}")

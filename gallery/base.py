@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from gallery.errors import DimensionMismatchError, GalleryError, GalleryStateError, VersionMismatchError
-from gallery.items import MAX_TOP_K, AddResult, Filters, Item, SearchHit
+from clipmc.gallery.errors import DimensionMismatchError, GalleryError, GalleryStateError, VersionMismatchError
+from clipmc.gallery.items import MAX_TOP_K, AddResult, Filters, Item, SearchHit
 
 #: Vectors must be L2-normalised (DESIGN.md section 2); this is how far from 1 a norm may be.
 DEFAULT_NORM_TOLERANCE = 1e-2

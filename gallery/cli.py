@@ -29,7 +29,7 @@ def _positive_int(text: str) -> int:
 
 def _options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """Back-end constructor options from the command line."""
-    from gallery import GalleryError
+    from clipmc.gallery import GalleryError
 
     options: dict[str, Any] = dict(extra)
     if args.collection:
@@ -56,7 +56,7 @@ def _format_stats(stats: dict[str, Any]) -> str:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from gallery import GalleryError, GalleryStateError, open_gallery
+    from clipmc.gallery import GalleryError, GalleryStateError, open_gallery
 
     try:
         with open_gallery(args.path, backend=args.backend, **_options(args, read_only=True)) as gallery:
@@ -68,8 +68,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from gallery import GalleryError, GalleryStateError, open_gallery
-    from gallery.portable import export_gallery
+    from clipmc.gallery import GalleryError, GalleryStateError, open_gallery
+    from clipmc.gallery.portable import export_gallery
 
     try:
         with open_gallery(args.path, backend=args.backend, **_options(args, read_only=True)) as gallery:
@@ -81,8 +81,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from gallery import GalleryError, GalleryStateError, open_gallery
-    from gallery.portable import import_gallery, read_manifest
+    from clipmc.gallery import GalleryError, GalleryStateError, open_gallery
+    from clipmc.gallery.portable import import_gallery, read_manifest
 
     try:
         manifest = read_manifest(args.src, verify=not args.no_verify)
@@ -106,8 +106,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from gallery import FaissGallery, GalleryError, GalleryStateError, IndexConfig
-    from gallery.faiss_backend import DATABASE_NAME
+    from clipmc.gallery import FaissGallery, GalleryError, GalleryStateError, IndexConfig
+    from clipmc.gallery.faiss_backend import DATABASE_NAME
 
     if args.backend != "faiss":
         return _fail(GalleryError("rebuild applies to the faiss back-end; Milvus builds its own indexes"))

@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, check_new_gallery, check_stored_matches
-from gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
-from gallery.index import MIN_IVF_ITEMS, IndexConfig, IndexKind, VectorIndex, gpu_available
-from gallery.items import AddResult, Filters, Item, SearchHit, normalize_update
-from gallery.rwlock import RWLock
-from gallery.store import SCHEMA_VERSION, Columns, SQLiteStore
+from clipmc.contract import atomic_write, fsync_dir
+from clipmc.gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, check_new_gallery, check_stored_matches
+from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
+from clipmc.gallery.index import MIN_IVF_ITEMS, IndexConfig, IndexKind, VectorIndex, gpu_available
+from clipmc.gallery.items import AddResult, Filters, Item, SearchHit, normalize_update
+from clipmc.gallery.rwlock import RWLock
+from clipmc.gallery.store import SCHEMA_VERSION, Columns, SQLiteStore
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +45,6 @@ INDEX_NAME = "index.faiss"
 INDEX_META_NAME = "index.meta.json"
 LOCK_NAME = "gallery.lock"
 SNAPSHOT_FORMAT = 1
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_durably(path: Path, write: Any) -> None:
-    """Write to ``path.tmp`` via ``write(tmp_path)``, fsync it, and rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _lock_directory(path: Path) -> int | None:
@@ -282,7 +261,7 @@ class FaissGallery(BaseGallery):
             check_new_gallery(self.path, dim, embedding_version)
             assert dim is not None and embedding_version is not None
             self._store.init_meta(int(dim), embedding_version)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             logger.info("created gallery %s (dim %d, embedding_version %s)", self.path, dim, embedding_version)
             meta = self._store.meta()
         if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
@@ -304,9 +283,10 @@ class FaissGallery(BaseGallery):
     def _open_index(self) -> None:
         """Load the snapshot and replay what came after it, or rebuild (caller holds the write lock)."""
         if not self.read_only:  # a writer killed mid-snapshot leaves these (read-only: not ours to touch)
-            for leftover in (self.path / (INDEX_NAME + ".tmp"), self.path / (INDEX_META_NAME + ".tmp")):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            for name in (INDEX_NAME, INDEX_META_NAME):
+                for leftover in [self.path / f"{name}.tmp", *self.path.glob(f".{name}.*.tmp")]:
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
         started = time.perf_counter()
         index, reason = self._load_snapshot()
         rebuilt = index is None
@@ -594,7 +574,7 @@ class FaissGallery(BaseGallery):
         index, seq = self._index, self._applied_seq
         started = time.perf_counter()
         index_path, meta_path = self.path / INDEX_NAME, self.path / INDEX_META_NAME
-        _write_durably(index_path, index.save)
+        atomic_write(index_path, index.save)
         meta = {
             "format": SNAPSHOT_FORMAT,
             "seq": seq,
@@ -608,8 +588,7 @@ class FaissGallery(BaseGallery):
             "index_bytes": index_path.stat().st_size,
             "written_at": time.time(),
         }
-        _write_durably(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
-        _fsync_dir(self.path)
+        atomic_write(meta_path, json.dumps(meta, indent=2))
         self._store.prune_tombstones(seq)
         self._snapshot_seq = seq
         self._changes_since_snapshot = 0

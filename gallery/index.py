@@ -29,7 +29,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from gallery.errors import GalleryError
+from clipmc.gallery.errors import GalleryError
 
 logger = logging.getLogger(__name__)
 

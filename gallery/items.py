@@ -14,31 +14,25 @@ from typing import Any
 
 import numpy as np
 
-from gallery.errors import GalleryError
+# Re-exported (the `X as X` form): the gallery's callers import these from here.
+from clipmc.contract import INFRARED as INFRARED
+from clipmc.contract import MAX_TOP_K as MAX_TOP_K
+from clipmc.contract import MODALITY_NAMES, ModalityError
+from clipmc.contract import VISIBLE as VISIBLE
+from clipmc.contract import parse_modality as _parse_modality
+from clipmc.gallery.errors import GalleryError
 
-#: DESIGN.md section 2: 0 = visible, 1 = infrared.
-VISIBLE = 0
-INFRARED = 1
-MODALITY_NAMES: tuple[str, str] = ("visible", "infrared")
-MAX_TOP_K = 1000
 MAX_EXTERNAL_ID_CHARS = 512
 MAX_LABEL_CHARS = 256
 MAX_METADATA_BYTES = 65536
 
 
 def parse_modality(value: Any, field_name: str = "modality") -> int:
-    """Return 0 (visible) or 1 (infrared) from an int or the names ``visible``/``infrared``."""
-    if isinstance(value, (bool, np.bool_)):
-        raise GalleryError(f"{field_name} must be 0/'visible' or 1/'infrared', got {value!r}")
-    if isinstance(value, (int, np.integer)) and int(value) in (VISIBLE, INFRARED):
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in MODALITY_NAMES:
-            return MODALITY_NAMES.index(text)
-        if text in ("0", "1"):
-            return int(text)
-    raise GalleryError(f"{field_name} must be 0/'visible' or 1/'infrared', got {value!r}")
+    """Return 0 (visible) or 1 (infrared) from an int or any spelling of ``clipmc.contract``."""
+    try:
+        return _parse_modality(value, field_name)
+    except ModalityError as exc:
+        raise GalleryError(str(exc)) from None
 
 
 def modality_name(value: int) -> str:

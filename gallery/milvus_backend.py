@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, assign_ids, check_new_gallery, check_stored_matches
-from gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
-from gallery.items import (
+from clipmc.gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, assign_ids, check_new_gallery, check_stored_matches
+from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
+from clipmc.gallery.items import (
     MAX_EXTERNAL_ID_CHARS,
     MAX_LABEL_CHARS,
     MAX_METADATA_BYTES,

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gallery.base import BaseGallery
-from gallery.errors import DimensionMismatchError, GalleryError
-from gallery.items import Item
+from clipmc.gallery.base import BaseGallery
+from clipmc.gallery.errors import DimensionMismatchError, GalleryError
+from clipmc.gallery.items import Item
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from gallery.base import assign_ids
-from gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
-from gallery.items import UPDATABLE_FIELDS, Item, trusted_item
+from clipmc.gallery.base import assign_ids
+from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
+from clipmc.gallery.items import UPDATABLE_FIELDS, Item, trusted_item
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """CLIP-MC: the network, its preprocessing contract, checkpoints, data, training and evaluation.
 
-    from model import build_model, load_checkpoint, preprocess
+    from clipmc.model import build_model, load_checkpoint, preprocess
     model = build_model("vit-b-16", pretrained="openai")   # zero-shot CLIP features until trained
     vectors = model.embed(images, modality)                 # [N, 1280], L2-normalised
 
@@ -42,4 +42,4 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'model' has no attribute {name!r}")
+    raise AttributeError(f"module 'clipmc.model' has no attribute {name!r}")

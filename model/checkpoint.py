@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from clipmc.contract import atomic_write, file_sha256
+
 from .clipmc import CLIPMC
 from .config import ModelConfig
-from .version import compute_embedding_version, file_sha256, preprocess_config
+from .version import compute_embedding_version, preprocess_config
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,15 @@ def save_checkpoint(model: CLIPMC, path: str | os.PathLike, **metadata: Any) -> 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     version = compute_embedding_version(model)
     pre = preprocess_config(model.config)
-    weights_tmp = _tmp_name(out, WEIGHTS_FILE)
-    save_file(state, str(weights_tmp), metadata={"format": FORMAT})
+    weights_sha256: list[str] = []
+
+    def write_weights(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        weights_sha256.append(file_sha256(tmp))
+
+    # Weights first, then the config that vouches for them: a crash in between leaves a config whose
+    # sha256 no longer matches, which load_checkpoint reports, never a silently mixed checkpoint.
+    atomic_write(out / WEIGHTS_FILE, write_weights)
     config = {
         "format": FORMAT,
         "architecture": model.config.to_dict(),
@@ -54,13 +62,10 @@ def save_checkpoint(model: CLIPMC, path: str | os.PathLike, **metadata: Any) -> 
         "preprocessing": pre.to_dict(),
         "embedding_version": version,
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": file_sha256(weights_tmp),
+        "weights_sha256": weights_sha256[0],
         "metadata": metadata,
     }
-    config_tmp = _tmp_name(out, CONFIG_FILE)
-    config_tmp.write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
-    os.replace(weights_tmp, out / WEIGHTS_FILE)
-    os.replace(config_tmp, out / CONFIG_FILE)
+    atomic_write(out / CONFIG_FILE, json.dumps(config, indent=2, default=str))
     log.info("saved checkpoint %s (%s)", out, config["embedding_version"])
     return out
 
@@ -129,9 +134,3 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
     if not p.is_dir():
         raise CheckpointError(f"{p}: not a checkpoint directory (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
     return p
-
-
-def _tmp_name(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    os.close(fd)
-    return Path(tmp)

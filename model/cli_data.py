@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from model.synth import SynthError, generate, parse_size
+    from clipmc.model.synth import SynthError, generate, parse_size
 
     try:
         summary = generate(

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.base import ReIDDataset
-from model.data.records import Record
-from model.evaluation import rank_metrics
+from clipmc.model.data.base import ReIDDataset
+from clipmc.model.data.records import Record
+from clipmc.model.evaluation import rank_metrics
 
 log = logging.getLogger(__name__)
 

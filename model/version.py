@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import torch
 
@@ -33,12 +32,3 @@ def embedding_version(config: ModelConfig, digest: str) -> str:
 
 def compute_embedding_version(model: torch.nn.Module) -> str:
     return embedding_version(model.config, weights_digest(model))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MiB chunks (weights, ONNX graphs and engines are large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

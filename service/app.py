@@ -38,17 +38,17 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from export import Embedder, create_embedder
-from gallery import Filters, Item, open_gallery
-from service import schemas
-from service.auth import KeyRing, require
-from service.batching import DynamicBatcher
-from service.errors import APIError, InputError, PayloadTooLarge, install_error_handlers
-from service.images import DecodedImage, ImageLimits, decode_base64, decode_image
-from service.limits import BodySizeLimitMiddleware
-from service.metrics import Metrics, MetricsMiddleware
-from service.settings import Settings
-from service.thumbnails import ThumbnailStore
+from clipmc.export import Embedder, create_embedder
+from clipmc.gallery import Filters, Item, open_gallery
+from clipmc.service import schemas
+from clipmc.service.auth import KeyRing, require
+from clipmc.service.batching import DynamicBatcher
+from clipmc.service.errors import APIError, InputError, PayloadTooLarge, install_error_handlers
+from clipmc.service.images import DecodedImage, ImageLimits, decode_base64, decode_image
+from clipmc.service.limits import BodySizeLimitMiddleware
+from clipmc.service.metrics import Metrics, MetricsMiddleware
+from clipmc.service.settings import Settings
+from clipmc.service.thumbnails import ThumbnailStore
 
 log = logging.getLogger("clipmc.service")
 

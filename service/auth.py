@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import APIError
-from service.settings import APIKey, key_digest
+from clipmc.service.errors import APIError
+from clipmc.service.settings import APIKey, key_digest
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 # Declares the scheme in the OpenAPI document (the "Authorize" button of /docs); checks are ours.

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import APIError
-from service.metrics import Metrics
+from clipmc.service.errors import APIError
+from clipmc.service.metrics import Metrics
 
 log = logging.getLogger("clipmc.service.batching")
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("clipmc.service")
+from clipmc.contract import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+log = logging.getLogger("clipmc.service")
 
 
 class CommandError(Exception):
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def serve_settings(args: argparse.Namespace) -> Any:
-    from service.settings import load_settings
+    from clipmc.service.settings import load_settings
 
     return load_settings(
         config=args.config,
@@ -88,7 +88,7 @@ def serve_settings(args: argparse.Namespace) -> Any:
 
 def bind_host(settings: Any) -> str:
     """The address to bind: a non-loopback host without API keys is overridden to 127.0.0.1, loudly."""
-    from service.settings import is_loopback
+    from clipmc.service.settings import is_loopback
 
     if settings.auth_enabled or is_loopback(settings.host):
         return settings.host
@@ -103,7 +103,7 @@ def bind_host(settings: Any) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.logs import configure_logging
+    from clipmc.service.logs import configure_logging
 
     try:
         settings = serve_settings(args)
@@ -121,11 +121,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(settings: Any) -> int:
     import uvicorn
 
-    from export import EmbedderError
-    from gallery import GalleryError, GalleryStateError
-    from model.checkpoint import CheckpointError
-    from model.factory import PretrainedWeightsError
-    from service.app import build_embedder, create_app, open_service_gallery
+    from clipmc.export import EmbedderError
+    from clipmc.gallery import GalleryError, GalleryStateError
+    from clipmc.model.checkpoint import CheckpointError
+    from clipmc.model.factory import PretrainedWeightsError
+    from clipmc.service.app import build_embedder, create_app, open_service_gallery
 
     host = bind_host(settings)
     log.info("loading the model: %s back-end, weights %s on %s", settings.backend, settings.weights, settings.device)

@@ -15,15 +15,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export import EmbedderError
-from gallery.errors import (
+from clipmc.export import EmbedderError
+from clipmc.gallery.errors import (
     DimensionMismatchError,
     GalleryError,
     GalleryStateError,
     ItemNotFoundError,
     VersionMismatchError,
 )
-from model.preprocess import ImageDecodeError
+from clipmc.model.preprocess import ImageDecodeError
 
 log = logging.getLogger("clipmc.service")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from model.preprocess import resize_crop, to_rgb
-from service.errors import InputError, PayloadTooLarge
+from clipmc.model.preprocess import resize_crop, to_rgb
+from clipmc.service.errors import InputError, PayloadTooLarge
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_body
+from clipmc.service.errors import PayloadTooLarge, error_body
 
 
 class BodySizeLimitMiddleware:

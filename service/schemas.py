@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-MAX_TOP_K = 1000
-Modality = Literal["visible", "infrared"]
-MODALITY_CODES: dict[str, int] = {"visible": 0, "infrared": 1}
-MODALITY_NAMES = ("visible", "infrared")
+from clipmc.contract import MAX_TOP_K, MODALITY_ALIASES, MODALITY_NAMES
+
+
+def _canonical_modality(value: Any) -> Any:
+    """Any spelling of clipmc.contract (``ir``, ``rgb``, ``1``, ...) -> its canonical name; other values pass
+    through for the Literal to refuse with its usual message."""
+    if isinstance(value, str) and value.strip().lower() in MODALITY_ALIASES:
+        return MODALITY_NAMES[MODALITY_ALIASES[value.strip().lower()]]
+    return value
+
+
+#: A modality as requests spell it (every alias of clipmc.contract) and responses say it (canonical).
+Modality = Annotated[Literal["visible", "infrared"], BeforeValidator(_canonical_modality)]
+#: canonical name -> code
+MODALITY_CODES: dict[str, int] = {name: code for code, name in MODALITY_NAMES.items()}
 
 
 def parse_time(value: Any) -> float | None:

@@ -8,9 +8,9 @@ Gallery ids are never reused, so a file can never show another item's crop.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from clipmc.contract import atomic_write
 
 log = logging.getLogger("clipmc.service.thumbnails")
 
@@ -26,15 +26,7 @@ class ThumbnailStore:
         target = self.path(item_id)
         if target.exists() and not overwrite:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{item_id}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(jpeg)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, jpeg)
 
     def put_many(self, pairs: list[tuple[int, bytes | None]]) -> None:
         """Write what can be written; a failure only costs the page a picture, so it is logged."""

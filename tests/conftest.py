@@ -16,7 +16,7 @@ SYNTH_SIZE = (32, 16)  # (H, W) of the images in the synth_trees fixture
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from model import build_model
+    from clipmc.model import build_model
 
     torch.manual_seed(0)
     return build_model("tiny").eval()
@@ -25,7 +25,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model):
     """A saved tiny checkpoint whose MC head is switched on (alpha != 0), so modality matters."""
-    from model import build_model, save_checkpoint
+    from clipmc.model import build_model, save_checkpoint
 
     torch.manual_seed(1)
     model = build_model("tiny")
@@ -42,7 +42,7 @@ def synth_trees(tmp_path_factory):
 
     Read-only: a test that breaks a tree copies it first.
     """
-    from model.synth import generate
+    from clipmc.model.synth import generate
 
     out = {}
     for layout, ids in (("sysu", 12), ("regdb", 10), ("llcm", 12)):

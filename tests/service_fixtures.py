@@ -17,7 +17,7 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
-from model.synth import render_image
+from clipmc.model.synth import render_image
 
 # SYSU-MM01 cameras: 1, 2, 4, 5 are visible, 3 and 6 infrared.
 VISIBLE_CAMERAS = (1, 2)
@@ -156,7 +156,7 @@ def query_multipart(client: httpx.Client, image: bytes, **fields: Any) -> httpx.
 
 
 def settings_for(tmp: Path, **overrides: Any) -> Any:
-    from service.settings import Settings
+    from clipmc.service.settings import Settings
 
     values: dict[str, Any] = {
         "weights": "unused-the-tests-pass-an-embedder",

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from model import CheckpointError, load_checkpoint, read_checkpoint_config
+from clipmc.model import CheckpointError, load_checkpoint, read_checkpoint_config
 
 from .conftest import random_images
 
@@ -30,7 +30,7 @@ def test_round_trip_gives_identical_vectors(tiny_checkpoint):
 
 
 def test_save_load_preserves_vectors_of_the_saved_model(tmp_path, tiny_model):
-    from model import save_checkpoint
+    from clipmc.model import save_checkpoint
 
     save_checkpoint(tiny_model, tmp_path / "c")
     loaded = load_checkpoint(tmp_path / "c")
@@ -77,7 +77,7 @@ def test_weights_of_another_architecture(tmp_path, tiny_checkpoint):
 
 
 def test_cli_info(tiny_checkpoint, capsys):
-    from service.cli import main
+    from clipmc.cli import main
 
     assert main(["info", str(tiny_checkpoint), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -87,7 +87,7 @@ def test_cli_info(tiny_checkpoint, capsys):
 
 
 def test_cli_info_missing_checkpoint_is_one_line(tmp_path, capsys):
-    from service.cli import main
+    from clipmc.cli import main
 
     assert main(["info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

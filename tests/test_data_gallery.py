@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from model.data import load_dataset
-from model.synth import generate
+from clipmc.model.data import load_dataset
+from clipmc.model.synth import generate
 
 
 @pytest.fixture(scope="module")

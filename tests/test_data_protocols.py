@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data import Record, load_dataset
-from model.protocols import evaluate, merge_results, plot_cmc, write_results_json
+from clipmc.model.data import Record, load_dataset
+from clipmc.model.protocols import evaluate, merge_results, plot_cmc, write_results_json
 from tests.conftest import SYNTH_SIZE as SIZE
 
 

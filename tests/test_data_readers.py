@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.data import DatasetError, LLCMDataset, RegDBDataset, SYSUDataset, detect_layout, load_dataset
-from model.data.records import camera_from_path
+from clipmc.model.data import DatasetError, LLCMDataset, RegDBDataset, SYSUDataset, detect_layout, load_dataset
+from clipmc.model.data.records import camera_from_path
 
 
 def _copy(synth_trees: dict[str, Path], layout: str, tmp_path: Path) -> Path:

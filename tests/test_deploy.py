@@ -55,7 +55,10 @@ ENV_EXAMPLE = ROOT / "docker" / "env.example"
 BIN = Path(sys.executable).parent
 
 #: The packages the image installs (pyproject's setuptools `include`).
-SHIPPED_PACKAGES = ("model", "export", "gallery", "service")
+#: The folders that ship (each installs under the one `clipmc` namespace, DESIGN.md section 12).
+SHIPPED_PACKAGES = ("clipmc", "model", "export", "gallery", "service")
+#: Their import names.
+SHIPPED_MODULES = ("clipmc", "clipmc.model", "clipmc.export", "clipmc.gallery", "clipmc.service")
 #: pyproject dependency -> what the image installs instead (the two install the same module: never both).
 GPU_SUBSTITUTES = {"onnxruntime": "onnxruntime-gpu"}
 #: Modules the image takes from its base image rather than from docker/requirements.txt.
@@ -302,7 +305,7 @@ def mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """The service's Settings as the container would load them from exactly ``env``."""
-    from service.settings import load_settings
+    from clipmc.service.settings import load_settings
 
     for key in list(os.environ):
         if key.startswith("CLIPMC_"):
@@ -354,7 +357,7 @@ def imported_modules() -> dict[str, set[str]]:
                     names = [node.module]
                 for name in names:
                     top = name.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in SHIPPED_PACKAGES:
+                    if top not in sys.stdlib_module_names and top != "clipmc":
                         found.setdefault(top, set()).add(path.relative_to(ROOT).as_posix())
     return found
 
@@ -486,7 +489,7 @@ def test_healthcheck_entrypoint_and_command(dockerfile: tuple[dict[str, str], li
     assert exec_form(final.all("ENTRYPOINT")[0].args) == ["/usr/local/bin/clipmc-entrypoint"]
     assert exec_form(final.all("CMD")[0].args) == ["serve"]
     assert "exec clipmc serve" in ENTRYPOINT.read_text()
-    from service.cli import build_parser
+    from clipmc.cli import build_parser
 
     args = build_parser().parse_args(["serve"])  # the default command is a valid clipmc command line
     assert args.command == "serve"
@@ -497,7 +500,7 @@ def test_dockerfile_defaults_are_valid_settings(
 ) -> None:
     """Every CLIPMC_* default of the image is a real setting (a typo would be silently ignored) and the
     result is the TensorRT FP16 service with its state on the image's volumes; no key is baked in."""
-    from service.settings import Settings
+    from clipmc.service.settings import Settings
 
     _, stages = dockerfile
     final = stages[-1]
@@ -602,7 +605,7 @@ def test_services_share_the_engine_cache_not_the_faiss_gallery(compose: dict[str
 def test_compose_settings_are_valid(compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The environment Compose gives the container (interpolated with docker/env.example and a key)
     loads into the service's Settings: TensorRT FP16 on CUDA, auth on, state on the mounted volumes."""
-    from service.settings import Settings
+    from clipmc.service.settings import Settings
 
     svc = compose["services"][name]
     dot = dotenv(ENV_EXAMPLE) | {"CLIPMC_API_KEYS": f"{TEST_KEY}:query,ingest"}

@@ -53,7 +53,7 @@ from tests.test_deploy import (
     HEALTHCHECK,
     REQUIREMENTS,
     ROOT,
-    SHIPPED_PACKAGES,
+    SHIPPED_MODULES,
     TEST_KEY,
     build_context,
     image_python,
@@ -152,9 +152,9 @@ def test_project_from_the_build_context_installs_and_runs(tmp_path: Path) -> Non
     assert "--engine-dir" in serve_help and "--gallery-backend" in serve_help
     probe = (
         "import importlib, importlib.resources, json, sys\n"
-        f"mods = {[*SHIPPED_PACKAGES, 'service.app', 'service.commands', 'export.runtime_trt']!r}\n"
+        f"mods = {[*SHIPPED_MODULES, 'clipmc.service.app', 'clipmc.service.commands', 'clipmc.export.runtime_trt']!r}\n"
         "files = {m: importlib.import_module(m).__file__ for m in mods}\n"
-        "static = importlib.resources.files('service') / 'static'\n"
+        "static = importlib.resources.files('clipmc.service') / 'static'\n"
         "print(json.dumps({'files': files, 'static': sorted(p.name for p in static.iterdir())}))\n"
     )
     out = json.loads(_run([str(vpython), "-c", probe], cwd=tmp_path, env=env))

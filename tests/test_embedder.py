@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from export import EmbedderError, create_embedder
-from export.embedder import Embedder, TorchEmbedder
-from model.preprocess import normalize
+from clipmc.export import EmbedderError, create_embedder
+from clipmc.export.base import Embedder
+from clipmc.export.runtime_torch import TorchEmbedder
+from clipmc.model.preprocess import normalize
 
 
 def _crops(n: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -22,7 +23,7 @@ def torch_embedder(tiny_checkpoint) -> Embedder:
 
 
 def test_attributes_follow_checkpoint(torch_embedder, tiny_checkpoint):
-    from model.checkpoint import read_checkpoint_config
+    from clipmc.model.checkpoint import read_checkpoint_config
 
     cfg = read_checkpoint_config(tiny_checkpoint)
     assert isinstance(torch_embedder, TorchEmbedder)
@@ -44,7 +45,7 @@ def test_uint8_and_float32_inputs_give_the_same_vectors(torch_embedder):
 
 def test_matches_model_embed_and_per_image_modality(torch_embedder, tiny_checkpoint):
     """Micro-batching (4) over 9 images with mixed modality equals one direct model call."""
-    from model import load_checkpoint
+    from clipmc.model import load_checkpoint
 
     model = load_checkpoint(tiny_checkpoint)
     x = normalize(_crops(9))
@@ -74,7 +75,7 @@ def test_empty_batch_and_warmup(torch_embedder):
         (np.full((1, 3, 288, 144), np.nan, np.float32), 0, "NaN"),
         (np.zeros((2, 288, 144, 3), np.uint8), 2, "0 \\(visible\\) or 1"),
         (np.zeros((2, 288, 144, 3), np.uint8), [0, 1, 1], "shape"),
-        (np.zeros((2, 288, 144, 3), np.uint8), "thermal", "unknown modality"),
+        (np.zeros((2, 288, 144, 3), np.uint8), "daylight", "accepted: "),
         (np.zeros((2, 288, 144, 3), np.uint8), 0.5, "int"),
         ([[0]], 0, "numpy array"),
     ],
@@ -102,7 +103,7 @@ def test_factory_errors(tiny_checkpoint, tmp_path):
 
 def test_openai_offline_is_a_clear_error(monkeypatch):
     """Zero-shot weights offline: open_clip cannot download, the error says how to proceed."""
-    from model.factory import PretrainedWeightsError
+    from clipmc.model.factory import PretrainedWeightsError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-clipmc-test-cache")

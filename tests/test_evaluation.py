@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import evaluation
-from model.evaluation import rank_metrics
+from clipmc.model import evaluation
+from clipmc.model.evaluation import rank_metrics
 
 
 def _sorted_dist(n_queries: int, n_gallery: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.cli import main
+from clipmc.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def cli_onnx(tmp_path_factory, tiny_checkpoint):
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory):
     """Another tiny checkpoint (different weights): its vectors must not pass for the first one's."""
-    from model import build_model, save_checkpoint
+    from clipmc.model import build_model, save_checkpoint
 
     torch.manual_seed(7)
     model = build_model("tiny")
@@ -55,8 +55,8 @@ def test_export_then_verify_passes(cli_onnx, tiny_checkpoint, tmp_path, capsys):
 def test_int8_model_keeps_the_contract_and_passes_its_gate(cli_onnx, tiny_checkpoint, capsys):
     """--int8 wrote a dynamically quantised copy: same version and interface, precision int8, parity
     measured against torch with the INT8 gate (cosine >= 0.99)."""
-    from export import create_embedder
-    from export.onnx_export import read_onnx_metadata
+    from clipmc.export import create_embedder
+    from clipmc.export.graph import read_onnx_metadata
 
     int8 = cli_onnx.with_suffix(".int8.onnx")
     meta, fp32_meta = read_onnx_metadata(int8), read_onnx_metadata(cli_onnx)
@@ -130,12 +130,12 @@ def test_export_onnx_bad_arguments(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_export_onnx_checks_out_before_loading_weights(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    import export.embedder
+    import clipmc.export.weights
 
     def no_load(weights):
         raise AssertionError("a bad --out must be refused before the weights are loaded")
 
-    monkeypatch.setattr(export.embedder, "load_model_weights", no_load)
+    monkeypatch.setattr(clipmc.export.weights, "load_model_weights", no_load)
     assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.bin")]) == 2
     assert ".onnx" in _one_line_error(capsys, "export")
 

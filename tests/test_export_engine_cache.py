@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from export import EmbedderError, create_embedder
-from export.engine_cache import EngineCacheError, batch_profile, cached_engine, make_key, read_sidecar
+from clipmc.export import EmbedderError, create_embedder
+from clipmc.export.engine_cache import EngineCacheError, batch_profile, cached_engine, make_key, read_sidecar
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ _PROCESS_WORKER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from export.engine_cache import cached_engine, make_key
+    from clipmc.export.engine_cache import cached_engine, make_key
     directory, log = Path(sys.argv[1]), Path(sys.argv[2])
     key = make_key(onnx_sha256="c" * 64, tensorrt_version="10.3.0", gpu_name="g", compute_capability="9.0",
                    precision="fp16", batch_sizes=(1, 8))
@@ -189,8 +189,8 @@ needs_trt = pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reas
 @needs_trt
 @pytest.mark.parametrize(("precision", "gate"), [("fp16", 0.999), ("fp32", 0.99999)])
 def test_tensorrt_engine_parity_and_cache(tiny_checkpoint, tmp_path, precision, gate):
-    from export.onnx_export import export_onnx_cached
-    from export.verify import cosine_rows, random_crops, topk_agreement
+    from clipmc.export.onnx_export import export_onnx_cached
+    from clipmc.export.verify import cosine_rows, random_crops, topk_agreement
 
     onnx_path = export_onnx_cached(tiny_checkpoint, tmp_path)
     emb = create_embedder(

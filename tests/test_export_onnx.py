@@ -14,11 +14,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import EmbedderError, create_embedder
-from export.onnx_export import ExportError, export_onnx, export_onnx_cached, read_onnx_metadata
-from model import load_checkpoint
-from model.checkpoint import read_checkpoint_config
-from model.preprocess import PreprocessConfig, normalize
+from clipmc.export import EmbedderError, create_embedder
+from clipmc.export.base import ExportError
+from clipmc.export.graph import read_onnx_metadata
+from clipmc.export.onnx_export import export_onnx, export_onnx_cached
+from clipmc.model import load_checkpoint
+from clipmc.model.checkpoint import read_checkpoint_config
+from clipmc.model.preprocess import PreprocessConfig, normalize
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,7 @@ def test_modality_matters_in_the_graph(session):
 
 def test_onnxruntime_embedder_matches_torch_ranking(exported, tiny_checkpoint):
     """Torch and ONNX Runtime back-ends: same vectors (to 1e-5 cosine) and the same top-5 on a gallery."""
-    from export.verify import random_crops, topk_agreement
+    from clipmc.export.verify import random_crops, topk_agreement
 
     path, _ = exported
     ort_emb = create_embedder("onnxruntime", path, batch_sizes=(1, 8))
@@ -147,7 +149,7 @@ def test_onnxruntime_uint8_and_float_inputs_agree(exported):
 def test_checkpoint_through_the_export_cache(exported, cache_dir, tiny_checkpoint, monkeypatch):
     """create_embedder('onnxruntime', checkpoint) reuses the file the cache already holds, without
     loading (and hashing) the checkpoint's weights: its config.json names the version."""
-    import model.checkpoint
+    import clipmc.model.checkpoint
 
     def no_load(*args, **kwargs):
         raise AssertionError("a cache hit must not load the checkpoint weights")
@@ -155,7 +157,7 @@ def test_checkpoint_through_the_export_cache(exported, cache_dir, tiny_checkpoin
     path, _ = exported
     assert [p.name for p in cache_dir.glob("*.onnx")] == [path.name]
     stamp = path.stat().st_mtime_ns
-    monkeypatch.setattr(model.checkpoint, "load_checkpoint", no_load)
+    monkeypatch.setattr(clipmc.model.checkpoint, "load_checkpoint", no_load)
     emb = create_embedder("onnxruntime", tiny_checkpoint, engine_dir=cache_dir)
     assert path.stat().st_mtime_ns == stamp
     assert emb.embedding_version in path.name and emb.onnx_path == path

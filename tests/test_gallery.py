@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import (
+from clipmc.gallery import (
     AddResult,
     DimensionMismatchError,
     FaissGallery,
@@ -23,8 +23,8 @@ from gallery import (
     VersionMismatchError,
     open_gallery,
 )
-from gallery.faiss_backend import INDEX_META_NAME, INDEX_NAME
-from gallery.index import gpu_available
+from clipmc.gallery.faiss_backend import INDEX_META_NAME, INDEX_NAME
+from clipmc.gallery.index import gpu_available
 
 DIM = 32
 VERSION = "test-model@abc123"
@@ -346,7 +346,7 @@ def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -
             with pytest.raises(GalleryError, match="outside"):
                 gallery.remove([bad_id])
         with pytest.raises(GalleryError, match="modality"):
-            Item(good, "thermal")
+            Item(good, "daylight")
         with pytest.raises(GalleryError, match="modality"):
             Item(good, 2)
         with pytest.raises(GalleryError, match="metadata"):

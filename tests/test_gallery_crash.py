@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import Gallery
+from clipmc.gallery import Gallery
 
 DIM = 24
 BATCH = 40
@@ -24,7 +24,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from gallery import Gallery, Item
+    from clipmc.gallery import Gallery, Item
 
     path, start, dim, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     gallery = Gallery(path, dim, "crash-test", snapshot_every=0)

@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
-from gallery import (  # noqa: E402
+from clipmc.gallery import (  # noqa: E402
     DimensionMismatchError,
     Filters,
     Gallery,
@@ -43,8 +43,8 @@ from gallery import (  # noqa: E402
     VersionMismatchError,
     open_gallery,
 )
-from gallery.milvus_backend import filter_expression  # noqa: E402
-from gallery.portable import export_gallery, import_gallery  # noqa: E402
+from clipmc.gallery.milvus_backend import filter_expression  # noqa: E402
+from clipmc.gallery.portable import export_gallery, import_gallery  # noqa: E402
 from tests.test_gallery import unit_vectors  # noqa: E402
 
 DIM = 16

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import Filters, Gallery, GalleryError, Item, VersionMismatchError
-from gallery.cli import register
-from gallery.portable import ITEMS_NAME, MANIFEST_NAME, VECTORS_NAME, export_gallery, import_gallery
+from clipmc.gallery import Filters, Gallery, GalleryError, Item, VersionMismatchError
+from clipmc.gallery.cli import register
+from clipmc.gallery.portable import ITEMS_NAME, MANIFEST_NAME, VECTORS_NAME, export_gallery, import_gallery
 from tests.test_gallery import unit_vectors
 
 DIM = 16

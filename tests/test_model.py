@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
-from model.clipmc import EOT_INDEX, PROMPT_LEN
+from clipmc.model import build_model
+from clipmc.model.clipmc import EOT_INDEX, PROMPT_LEN
 
 from .conftest import random_images
 
@@ -24,7 +24,7 @@ def test_embed_shape_and_unit_norm(tiny_model, batch, modality):
 
 
 def test_vit_b_16_contract_dimension():
-    from model.config import get_config
+    from clipmc.model.config import get_config
 
     cfg = get_config("vit-b-16")
     assert cfg.embedding_dim == 1280 and cfg.image_size == (288, 144)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import (
+from clipmc.model.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     ImageDecodeError,

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
-from model.config import get_config
-from model.factory import PretrainedWeightsError
+from clipmc.model import build_model
+from clipmc.model.config import get_config
+from clipmc.model.factory import PretrainedWeightsError
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_unknown_tag_and_tiny_without_weights_are_clear_errors():
 
 def test_openai_weights_come_from_the_local_hub_cache_without_network(tmp_path, monkeypatch):
     """A connected machine's download is reused offline: the cached file is found, nothing is fetched."""
-    from model.factory import resolve_pretrained
+    from clipmc.model.factory import resolve_pretrained
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"

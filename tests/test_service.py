@@ -38,14 +38,14 @@ T0 = 1_700_000_000.0  # timestamps of the ingested crops: T0 + pid * 60
 
 @pytest.fixture(scope="module")
 def embedder(tiny_checkpoint):
-    from export import create_embedder
+    from clipmc.export import create_embedder
 
     return create_embedder("torch", str(tiny_checkpoint), batch_sizes=(1, 8))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, embedder):
-    from service.app import create_app
+    from clipmc.service.app import create_app
 
     settings = settings_for(
         tmp_path_factory.mktemp("svc"),
@@ -285,7 +285,7 @@ QUERY_CASES = [
     ("huge dimension", {"image": png_with_header(20_000, 10)}, {}, 413, "image_too_large"),
     ("image bytes over the limit", {"image": b"\x89PNG" + b"\0" * (1024 * 1024 + 1)}, {}, 413, "image_too_large"),
     ("gif not accepted", {"image": "gif"}, {}, 415, "unsupported_image_format"),
-    ("wrong modality", {}, {"modality": "thermal"}, 422, "validation_error"),
+    ("wrong modality", {}, {"modality": "daylight"}, 422, "validation_error"),
     ("wrong target", {}, {"target_modality": "both"}, 422, "validation_error"),
     ("top_k zero", {}, {"top_k": "0"}, 422, "validation_error"),
     ("top_k too large", {}, {"top_k": "1001"}, 422, "validation_error"),
@@ -411,7 +411,7 @@ def test_metrics_count_requests_batches_and_items(server, admin):
 
 @pytest.mark.parametrize(("max_batch", "max_wait_ms"), [(8, 400.0), (1, 0.0)])
 def test_dynamic_batching_coalesces_concurrent_queries(tmp_path, embedder, max_batch, max_wait_ms):
-    from service.app import create_app
+    from clipmc.service.app import create_app
 
     settings = settings_for(tmp_path, max_batch=max_batch, max_wait_ms=max_wait_ms)
     crops = [crop_bytes(pid, INFRARED_CAMERA) for pid in range(1, 9)]
@@ -452,7 +452,7 @@ def test_dynamic_batching_coalesces_concurrent_queries(tmp_path, embedder, max_b
 
 
 def test_readyz_turns_ready_only_after_warmup(tmp_path, embedder):
-    from service.app import create_app
+    from clipmc.service.app import create_app
 
     gate = threading.Event()
     app = create_app(settings_for(tmp_path), embedder=GatedEmbedder(embedder, gate))
@@ -473,8 +473,8 @@ def test_readyz_turns_ready_only_after_warmup(tmp_path, embedder):
 
 def test_what_the_app_builds_at_start_up_it_closes(tmp_path, embedder, monkeypatch):
     """`uvicorn --factory` builds the embedder and gallery in the lifespan: shutdown releases both."""
-    from gallery import GalleryStateError
-    from service.app import create_app
+    from clipmc.gallery import GalleryStateError
+    from clipmc.service.app import create_app
 
     closed: list[str] = []
 
@@ -485,7 +485,9 @@ def test_what_the_app_builds_at_start_up_it_closes(tmp_path, embedder, monkeypat
     built: list[Any] = []
     gate = threading.Event()
     gate.set()
-    monkeypatch.setattr("service.app.build_embedder", lambda settings: built.append(settings) or Owned(embedder, gate))
+    monkeypatch.setattr(
+        "clipmc.service.app.build_embedder", lambda settings: built.append(settings) or Owned(embedder, gate)
+    )
     with live_server(create_app(settings_for(tmp_path))) as srv, srv.client() as c:
         assert query_multipart(c, crop_bytes(1, 3)).status_code == 200
         gallery = srv.state.gallery
@@ -496,8 +498,8 @@ def test_what_the_app_builds_at_start_up_it_closes(tmp_path, embedder, monkeypat
 
 
 def test_gallery_of_another_embedding_version_is_refused(tmp_path, embedder):
-    from gallery import open_gallery
-    from service.app import create_app
+    from clipmc.gallery import open_gallery
+    from clipmc.service.app import create_app
 
     other = open_gallery(tmp_path / "gallery", embedder.embedding_dim, "clipmc-other.w000000000000.288x144")
     try:
@@ -509,7 +511,7 @@ def test_gallery_of_another_embedding_version_is_refused(tmp_path, embedder):
 
 def test_thumbnail_store_failures_are_logged_not_raised(tmp_path, caplog):
     """A thumbnail that cannot be read or removed costs the page a picture, never a 500."""
-    from service.thumbnails import ThumbnailStore
+    from clipmc.service.thumbnails import ThumbnailStore
 
     store = ThumbnailStore(tmp_path / "thumbs")
     store.put_many([(1, b"\xff\xd8jpeg"), (2, None)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.cli import main
+from clipmc.cli import main
 from tests.service_fixtures import KEYS, GatedEmbedder, crop_bytes, live_server, settings_for, truncated_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def embedder(tiny_checkpoint):
-    from export import create_embedder
+    from clipmc.export import create_embedder
 
     return create_embedder("torch", str(tiny_checkpoint), batch_sizes=(1, 8))
 
@@ -39,7 +39,7 @@ def _crop_folder(root: Path) -> Path:
 
 
 def test_ingest_command_is_idempotent_and_skips_bad_files(tmp_path, embedder, capsys):
-    from service.app import create_app
+    from clipmc.service.app import create_app
 
     folder = _crop_folder(tmp_path)
     app = create_app(settings_for(tmp_path, api_keys=f"{KEYS['ingest']}:ingest,query"), embedder=embedder)
@@ -69,7 +69,7 @@ def test_ingest_command_is_idempotent_and_skips_bad_files(tmp_path, embedder, ca
 
 
 def test_ingest_command_waits_for_a_warming_server(tmp_path, embedder, capsys):
-    from service.app import create_app
+    from clipmc.service.app import create_app
 
     folder = _crop_folder(tmp_path)
     gate = threading.Event()
@@ -100,7 +100,7 @@ def test_ingest_command_errors(tmp_path, capsys):
 
 
 def test_serve_refuses_a_gallery_of_another_model(tmp_path, tiny_checkpoint, capsys):
-    from gallery import open_gallery
+    from clipmc.gallery import open_gallery
 
     open_gallery(tmp_path / "g", 80, "clipmc-tiny.wffffffffffff.288x144-bicubic-clipnorm").close()
     code = main(["serve", "--weights", str(tiny_checkpoint), "--gallery", str(tmp_path / "g"), "--port", "1"])
@@ -118,8 +118,8 @@ def test_serve_offline_openai_weights_is_one_line(tmp_path, monkeypatch, capsys)
 
     # The hub looks reachable but the download fails: the error still ends the command in one line.
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("model.factory._reachable", lambda *a, **k: True)
-    monkeypatch.setattr("model.factory._cached_hub_file", lambda *a, **k: None)
+    monkeypatch.setattr("clipmc.model.factory._reachable", lambda *a, **k: True)
+    monkeypatch.setattr("clipmc.model.factory._cached_hub_file", lambda *a, **k: None)
     monkeypatch.setattr(pretrained, "download_pretrained", offline)
     code = main(["serve", "--weights", "openai", "--gallery", str(tmp_path / "g")])
     err = capsys.readouterr().err
@@ -140,7 +140,7 @@ def test_serve_subprocess_binds_loopback_without_keys(tmp_path, tiny_checkpoint)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPMC_")}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--weights", str(tiny_checkpoint)]
+    cmd = [sys.executable, "-m", "clipmc.cli", "serve", "--weights", str(tiny_checkpoint)]
     cmd += ["--gallery", str(tmp_path / "g"), "--host", "0.0.0.0", "--port", str(port), "--log-json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.auth import KeyRing
-from service.errors import APIError
-from service.settings import Settings, SettingsFileError, is_loopback, key_digest, load_settings
+from clipmc.service.auth import KeyRing
+from clipmc.service.errors import APIError
+from clipmc.service.settings import Settings, SettingsFileError, is_loopback, key_digest, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +128,7 @@ def test_bad_config_files(tmp_path):
 
 
 def test_loopback_and_bind_override(caplog):
-    from service.commands import bind_host
+    from clipmc.service.commands import bind_host
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
@@ -140,7 +140,7 @@ def test_loopback_and_bind_override(caplog):
 
 def test_batcher_groups_and_isolates_failures():
     """Unit check of the batcher: crops of both modalities share calls, a failing call fails its crops only."""
-    from service.batching import DynamicBatcher
+    from clipmc.service.batching import DynamicBatcher
 
     calls: list[tuple[int, list[int]]] = []
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import cli_data
-from model.synth import SynthError, generate, make_identity, parse_size, render_image
+from clipmc.model import cli_data
+from clipmc.model.synth import SynthError, generate, make_identity, parse_size, render_image
 
 log = logging.getLogger(__name__)
 

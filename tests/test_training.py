@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import Record
-from model.losses import batch_hard_triplet, compensation_loss, cross_modality_center_loss, identity_contrastive
-from model.sampler import IdentityModalitySampler
-from model.trainer import TrainConfig, append_csv_row, lr_factor
-from model.transforms import TrainTransform
+from clipmc.model.data import Record
+from clipmc.model.losses import batch_hard_triplet, compensation_loss, cross_modality_center_loss, identity_contrastive
+from clipmc.model.sampler import IdentityModalitySampler
+from clipmc.model.trainer import TrainConfig, append_csv_row, lr_factor
+from clipmc.model.transforms import TrainTransform
 
 
 def _records(n_ids: int = 6, n_vis: int = 5, n_ir: int = 3) -> list[Record]:
@@ -86,7 +86,7 @@ def test_train_transform_shapes_and_modalities(tmp_path):
     ir = t(str(path), 1)
     assert ir.shape == (3, 64, 32)
     # infrared crops are grey: after un-normalising, the three channels are equal
-    from model.preprocess import CLIP_MEAN, CLIP_STD
+    from clipmc.model.preprocess import CLIP_MEAN, CLIP_STD
 
     rgb = ir * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
     torch.testing.assert_close(rgb[0], rgb[1], atol=1e-5, rtol=0)
@@ -122,7 +122,7 @@ def test_train_log_widens_its_header_when_eval_columns_appear(tmp_path):
 
 @pytest.fixture(scope="module")
 def synth_sysu(tmp_path_factory):
-    from model.synth import generate
+    from clipmc.model.synth import generate
 
     root = tmp_path_factory.mktemp("sysu") / "SYSU-MM01"
     generate("sysu", root, 9, test_ids=3, seed=3, images_per_camera=3, size=(64, 32), progress=False)
@@ -141,8 +141,8 @@ def _train_args(tmp_path, root, out, epochs, extra=()):
 
 
 def test_train_cli_writes_checkpoints_logs_and_resumes(tmp_path, synth_sysu):
-    from model import load_checkpoint, read_checkpoint_config
-    from service.cli import main
+    from clipmc.cli import main
+    from clipmc.model import load_checkpoint, read_checkpoint_config
 
     out = tmp_path / "run"
     assert main(_train_args(tmp_path, synth_sysu, out, epochs=1)) == 0
@@ -165,14 +165,14 @@ def test_train_cli_writes_checkpoints_logs_and_resumes(tmp_path, synth_sysu):
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path, synth_sysu, capsys):
-    from service.cli import main
+    from clipmc.cli import main
 
     assert main([*_train_args(tmp_path, synth_sysu, tmp_path / "fresh", epochs=1), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 
 
 def test_evaluate_cli_writes_json_and_cmc_png(tmp_path, synth_sysu, tiny_checkpoint):
-    from service.cli import main
+    from clipmc.cli import main
 
     out = tmp_path / "eval"
     args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "sysu", "--data-root", str(synth_sysu),
@@ -187,7 +187,7 @@ def test_evaluate_cli_writes_json_and_cmc_png(tmp_path, synth_sysu, tiny_checkpo
 
 
 def test_train_cli_bad_dataset_is_one_line(tmp_path, capsys):
-    from service.cli import main
+    from clipmc.cli import main
 
     assert main(_train_args(tmp_path, tmp_path / "no-such", tmp_path / "o", epochs=1)) == 2
     err = capsys.readouterr().err
@@ -197,8 +197,8 @@ def test_train_cli_bad_dataset_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["regdb", "llcm"])
 def test_train_and_evaluate_cli_on_regdb_and_llcm_layouts(tmp_path, layout):
     """Training-time evaluation uses each protocol's own trials (for RegDB: the loaded split)."""
-    from model.synth import generate
-    from service.cli import main
+    from clipmc.cli import main
+    from clipmc.model.synth import generate
 
     root = tmp_path / layout
     generate(layout, root, 8, seed=5, images_per_camera=2, size=(64, 32), progress=False)
@@ -223,14 +223,14 @@ def test_evaluate_cli_regdb_all_splits_loads_a_shared_checkpoint_once(
     tmp_path, synth_trees, tiny_checkpoint, monkeypatch
 ):
     """--split all with one checkpoint (no {split} in it): loaded once, all 10 splits merged, its version recorded."""
-    import model.checkpoint
-    from model import read_checkpoint_config
-    from service.cli import main
+    import clipmc.model.checkpoint
+    from clipmc.cli import main
+    from clipmc.model import read_checkpoint_config
 
     loads = []
-    real_load = model.checkpoint.load_checkpoint
+    real_load = clipmc.model.checkpoint.load_checkpoint
     monkeypatch.setattr(
-        model.checkpoint, "load_checkpoint", lambda p, *a, **k: loads.append(p) or real_load(p, *a, **k)
+        clipmc.model.checkpoint, "load_checkpoint", lambda p, *a, **k: loads.append(p) or real_load(p, *a, **k)
     )
     out = tmp_path / "eval"
     args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "regdb", "--data-root",
@@ -249,7 +249,7 @@ def test_evaluate_cli_regdb_all_splits_loads_a_shared_checkpoint_once(
      ("--split", "two", "RegDB split 1..10 or 'all'")],
 )  # fmt: skip
 def test_evaluate_cli_bad_trials_or_split_is_a_usage_error(tmp_path, flag, value, message, capsys):
-    from service.cli import main
+    from clipmc.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--checkpoint", "x", "--dataset", "regdb", "--data-root", str(tmp_path), flag, value])

@@ -20,9 +20,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-synth.json"
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_training_lifts_r1_and_map_above_chance_and_untrained(tmp_path):
-    from model import build_model, save_checkpoint
-    from model.synth import generate
-    from service.cli import main
+    from clipmc.cli import main
+    from clipmc.model import build_model, save_checkpoint
+    from clipmc.model.synth import generate
 
     root = tmp_path / "SYSU-MM01"
     generate("sysu", root, 60, test_ids=20, seed=0, progress=False)

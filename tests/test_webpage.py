@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (ap
 
 @pytest.fixture(scope="module")
 def embedder(tiny_checkpoint):
-    from export import create_embedder
+    from clipmc.export import create_embedder
 
     return create_embedder("torch", str(tiny_checkpoint), batch_sizes=(1, 8))
 
@@ -53,7 +53,7 @@ def browser():
 
 
 def test_upload_a_crop_and_see_ranked_cards(tmp_path, embedder, browser):
-    from service.app import create_app
+    from clipmc.service.app import create_app
 
     settings = settings_for(tmp_path, api_keys=f"{KEYS['admin']}:admin")
     with live_server(create_app(settings, embedder=embedder)) as srv:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.data.base import EvalSetting, ReIDDataset
-from model.data.llcm import LLCMDataset
-from model.data.records import INFRARED, VISIBLE, DatasetError, Record
-from model.data.regdb import RegDBDataset
-from model.data.sysu import SYSUDataset
+from clipmc.model.data.base import EvalSetting, ReIDDataset
+from clipmc.model.data.llcm import LLCMDataset
+from clipmc.model.data.records import INFRARED, VISIBLE, DatasetError, Record
+from clipmc.model.data.regdb import RegDBDataset
+from clipmc.model.data.sysu import SYSUDataset
 
 DATASETS: dict[str, type[ReIDDataset]] = {"sysu": SYSUDataset, "regdb": RegDBDataset, "llcm": LLCMDataset}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.data.base import EvalSetting, ReIDDataset, list_identity_folders, sample_gallery
-from model.data.records import (
+from clipmc.model.data.base import EvalSetting, ReIDDataset, list_identity_folders, sample_gallery
+from clipmc.model.data.records import (
     INFRARED,
     VISIBLE,
     Record,

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-VISIBLE = 0
-INFRARED = 1
-MODALITY_NAMES = {VISIBLE: "visible", INFRARED: "infrared"}
+# Re-exported (the `X as X` form) for the dataset readers.
+from clipmc.contract import INFRARED as INFRARED
+from clipmc.contract import MODALITY_NAMES as MODALITY_NAMES
+from clipmc.contract import VISIBLE as VISIBLE
 
 
 class DatasetError(ValueError):

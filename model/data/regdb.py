@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.data.base import EvalSetting, ReIDDataset
-from model.data.records import (
+from clipmc.model.data.base import EvalSetting, ReIDDataset
+from clipmc.model.data.records import (
     INFRARED,
     VISIBLE,
     DatasetError,

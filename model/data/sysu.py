@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.data.base import EvalSetting, ReIDDataset, list_identity_folders, sample_gallery
-from model.data.records import INFRARED, VISIBLE, DatasetError, Record, read_id_list, relabel, require_dir
+from clipmc.model.data.base import EvalSetting, ReIDDataset, list_identity_folders, sample_gallery
+from clipmc.model.data.records import INFRARED, VISIBLE, DatasetError, Record, read_id_list, relabel, require_dir
 
 VISIBLE_CAMERAS = (1, 2, 4, 5)
 INFRARED_CAMERAS = (3, 6)

@@ -14,11 +14,11 @@ from importlib import import_module
 
 # Packages whose `register` adds subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
-    "model.cli",
-    "model.cli_data",
-    "export.cli",
-    "gallery.cli",
-    "service.commands",
+    "clipmc.model.cli",
+    "clipmc.model.cli_data",
+    "clipmc.export.cli",
+    "clipmc.gallery.cli",
+    "clipmc.service.commands",
 )
 
 log = logging.getLogger("clipmc")

@@ -1,0 +1,105 @@
+"""The reference runtime: the model's own embedding graph in PyTorch, on CPU or CUDA."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .base import PRECISIONS, Embedder, EmbedderError
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipmc.model.clipmc import CLIPMC
+
+
+class TorchEmbedder(Embedder):
+    """The reference runtime: `CLIPMC.embed` in PyTorch on CPU or CUDA.
+
+    fp16 uses CUDA autocast rather than `.half()`: autocast runs matmuls and convolutions in fp16
+    while LayerNorm, softmax and the norms of the final L2 normalisation stay fp32 (autocast's fp32
+    op list), which is the precision split DESIGN.md section 4 asks for, with no hand-written casts.
+    `compile=True` wraps the graph in `torch.compile` (mode "reduce-overhead" uses CUDA graphs on GPU).
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: CLIPMC,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_sizes: Sequence[int] = (1, 8, 32),
+        embedding_version: str | None = None,
+        compile: bool = False,
+        compile_mode: str | None = None,
+    ) -> None:
+        import torch
+
+        from clipmc.model.clipmc import EmbeddingGraph
+
+        dev = torch_device(device)
+        if precision not in PRECISIONS:
+            raise EmbedderError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+        if precision == "fp16" and dev.type != "cuda":
+            raise EmbedderError("the torch back-end runs fp16 on CUDA only: use device='cuda' or precision='fp32'")
+        version = embedding_version or model.embedding_version  # the property hashes the weights: once
+        super().__init__(
+            embedding_dim=model.embedding_dim,
+            embedding_version=version,
+            image_size=model.config.image_size,
+            batch_sizes=batch_sizes,
+            device=str(dev),
+            precision=precision,
+        )
+        self.model = model.eval().to(dev)
+        self._torch_device = dev
+        graph: Any = EmbeddingGraph(self.model)
+        if compile:
+            graph = torch.compile(graph, mode=compile_mode, dynamic=False)
+        self._graph = graph
+        self.compiled = bool(compile)
+
+    def embed_tensor(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """On-device variant for callers that already hold torch tensors (the verify command)."""
+        import torch
+
+        with torch.inference_mode():
+            if self.precision == "fp16":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self._graph(images, modality)
+            else:
+                out = self._graph(images, modality)
+        return out.float()
+
+    def _run(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(images).to(self._torch_device, non_blocking=True)
+        m = torch.from_numpy(modality).to(self._torch_device, non_blocking=True)
+        return self.embed_tensor(x, m).cpu().numpy()
+
+    def close(self) -> None:
+        if self._torch_device.type == "cuda":
+            import torch
+
+            self._graph = None
+            self.model = None  # type: ignore[assignment]
+            torch.cuda.empty_cache()
+
+
+def torch_device(device: str) -> torch.device:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise EmbedderError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EmbedderError(f"device {device!r} requested but torch sees no CUDA GPU")
+    if dev.type not in ("cpu", "cuda"):
+        raise EmbedderError(f"unsupported device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    return dev
