@@ -76,6 +76,7 @@ def _pypi_reachable() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.timeout(900)
 def test_image_requirements_resolve_for_the_image_platform(tmp_path: Path) -> None:
     if not _pypi_reachable():

@@ -66,6 +66,39 @@ def test_bicubic_resize_of_any_size():
     assert tuple(crop[100, 70]) == (10, 200, 30)
 
 
+def _gradient(h: int = 97, w: int = 61) -> Image.Image:
+    """A smooth two-way colour gradient: where resampling filters differ, it shows."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 / (w - 1), yy * 255 / (h - 1), (xx + yy) * 255 / (w + h - 2)], -1)
+    return Image.fromarray(arr.round().astype(np.uint8), "RGB")
+
+
+def test_resize_equals_torchvision_bicubic_on_a_gradient():
+    """The contract's resize is torchvision's Resize(BICUBIC) on a PIL image exactly (both are PIL's filter),
+    and within 2/255 of torchvision's antialiased tensor bicubic, the training pipeline's other path."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tvf
+
+    img = _gradient()
+    ours = resize_crop(img, (288, 144))
+    pil = np.asarray(tvf.resize(img, [288, 144], interpolation=InterpolationMode.BICUBIC))
+    np.testing.assert_array_equal(ours, pil)
+    tensor = tvf.pil_to_tensor(img).float()
+    tv = tvf.resize(tensor, [288, 144], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    tv = tv.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.abs(ours.astype(int) - tv.astype(int)).max() <= 2
+
+
+def test_normalise_equals_torchvision_to_tensor_and_normalize():
+    import torch
+    from torchvision.transforms import functional as tvf
+
+    crop = resize_crop(_gradient(), (288, 144))
+    ref = tvf.normalize(tvf.to_tensor(crop.copy()), CLIP_MEAN, CLIP_STD)
+    torch.testing.assert_close(torch.from_numpy(normalize(crop)), ref, rtol=0, atol=1e-6)
+
+
 def test_exif_orientation_is_applied():
     # Stored 60 wide x 30 high: left half red, right half blue. Orientation 6 = rotate 90 CW to display.
     arr = np.zeros((30, 60, 3), np.uint8)
