@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from clipmc.cli import CLIError
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="results/eval", help="folder for results.json and cmc.png")
+    p.add_argument("--rerank", choices=["k-reciprocal", "aqe"],
+                   help="re-rank (k-reciprocal: k1 20, k2 6, lambda 0.3; aqe: average query expansion, k 5); "
+                        "written to results-reranked.json / cmc-reranked.png and labelled re-ranked")  # fmt: skip
+    p.add_argument("--visualize", type=int, default=0, metavar="N",
+                   help="write ranked-list PNGs (top 10, true matches green, false red) of N queries per "
+                        "setting into OUT/ranked/")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -175,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def evaluate_model(model, dataset, settings=None, trials=None, *, device="cpu", flip=False, batch_size=64,
-                   workers=0, progress=True):  # fmt: skip
+                   workers=0, progress=True, rerank=None, on_ranked=None):  # fmt: skip
     """Run the dataset's protocol settings with the model's `embed` as the feature extractor."""
     from .features import extract_features
     from .protocols import evaluate
@@ -186,15 +194,24 @@ def evaluate_model(model, dataset, settings=None, trials=None, *, device="cpu", 
         return extract_features(model, records, device=device, batch_size=batch_size, workers=workers, flip=flip,
                                 progress=progress)  # fmt: skip
 
-    return evaluate(dataset, extract, settings=settings, trials=trials, progress=progress)
+    return evaluate(
+        dataset, extract, settings=settings, trials=trials, progress=progress, rerank=rerank, on_ranked=on_ranked
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, read_checkpoint_config
     from .factory import build_model
     from .protocols import merge_results, plot_cmc, write_results_json
+    from .rerank import RerankConfig
+    from .visualize import RankedListWriter
 
     device = resolve_device(args.device)
+    if args.visualize < 0:
+        raise CLIError("--visualize N needs N >= 0")
+    rerank = RerankConfig(kind=args.rerank) if args.rerank else None
+    out = Path(args.out)
+    writer = None
     trials = args.trials
     layout = _layout(args.dataset, args.data_root)
     splits: list[int | None] = [None]
@@ -216,6 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         versions[split] = version
         dataset = _open_dataset(args.dataset, args.data_root, split)
         settings = [args.mode] if args.mode else None
+        if args.visualize and writer is None:
+            rules = {name: dataset.setting(name).rule for name in dataset.settings}
+            writer = RankedListWriter(out / "ranked", args.visualize, rules)
         run = evaluate_model(
             model,
             dataset,
@@ -225,16 +245,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             flip=args.flip,
             batch_size=args.batch_size,
             workers=args.workers,
+            rerank=rerank,
+            on_ranked=writer,
         )
         runs.append(run)
     results = merge_results(runs) if len(runs) > 1 else runs[0]
-    out = Path(args.out)
     # One version, or (one model per RegDB split) the version of each split's model.
     distinct = set(versions.values())
     embedding_version = distinct.pop() if len(distinct) == 1 else {str(k): v for k, v in versions.items()}
     extra = {"checkpoint": args.checkpoint, "flip": args.flip, "embedding_version": embedding_version}
-    write_results_json(results, out / "results.json", extra)
-    plot_cmc(results, out / "cmc.png")
+    # Re-ranked numbers get their own files: they are never set beside plain ones (PROTOCOLS.md).
+    suffix = "-reranked" if rerank else ""
+    write_results_json(results, out / f"results{suffix}.json", extra)
+    plot_cmc(results, out / f"cmc{suffix}.png")
     print(results.table())
-    print(f"\nwrote {out / 'results.json'} and {out / 'cmc.png'}")
+    print(f"\nwrote {out / f'results{suffix}.json'} and {out / f'cmc{suffix}.png'}")
+    if writer is not None:
+        print(f"wrote {len(writer.written)} ranked-list pictures under {out / 'ranked'}")
     return 0

@@ -78,12 +78,13 @@ def rank_metrics(
         order = indices[start : start + step]
         rows = np.arange(order.shape[0])
         matches = g_pids[order] == q_pids[start : start + step, None]
-        if protocol == "sysu":
-            removed = (q_camids[start : start + step, None] == 3) & (g_camids[order] == 2)
-        elif protocol == "llcm":
-            removed = matches & (g_camids[order] == q_camids[start : start + step, None])
-        else:
-            removed = np.zeros_like(matches)
+        removed = removed_by_camera_rule(
+            protocol,
+            q_pids[start : start + step, None],
+            q_camids[start : start + step, None],
+            g_pids[order],
+            g_camids[order],
+        )
         keep = ~removed
         good = matches & keep
         num_rel = good.sum(axis=1)
@@ -119,6 +120,23 @@ def rank_metrics(
     m_inp = float(np.mean(np.concatenate(inp_terms)))
     cmc = hits.astype(np.float32) / np.float32(num_valid)
     return cmc, m_ap, m_inp
+
+
+def removed_by_camera_rule(
+    protocol: str, q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray
+) -> np.ndarray:
+    """Which gallery entries a query's camera rule drops (broadcasting arrays; True = dropped).
+
+    sysu: a cam3 query drops every cam2 entry; llcm: entries of the query's identity AND camera;
+    regdb: nothing. The one definition of the rules, used by the metrics and by the ranked-list pictures.
+    """
+    if protocol == "sysu":
+        return (q_camids == 3) & (g_camids == 2)
+    if protocol == "llcm":
+        return (g_pids == q_pids) & (g_camids == q_camids)
+    if protocol == "regdb":
+        return np.zeros(np.broadcast_shapes(np.shape(q_pids), np.shape(g_pids)), dtype=bool)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
 def _vector(values: object, length: int, name: str) -> np.ndarray:

@@ -20,10 +20,14 @@ import numpy as np
 from clipmc.model.data.base import ReIDDataset
 from clipmc.model.data.records import Record
 from clipmc.model.evaluation import rank_metrics
+from clipmc.model.rerank import RerankConfig
 
 log = logging.getLogger(__name__)
 
 ExtractFn = Callable[[Sequence[Record]], np.ndarray]
+#: Called once per setting and trial with (setting, trial, query records, gallery records, distances):
+#: what `--visualize` uses to draw ranked lists from exactly the matrix that was scored.
+RankedHook = Callable[[str, int, Sequence[Record], Sequence[Record], np.ndarray], None]
 RANKS = (1, 5, 10, 20)
 PROTOCOLS_DOC = "../shared/PROTOCOLS.md"
 
@@ -81,6 +85,9 @@ class EvaluationResults:
     root: str
     max_rank: int
     settings: dict[str, SettingResult] = field(default_factory=dict)
+    #: None for plain distances; else the re-ranking's parameters and label. Re-ranked numbers are
+    #: labelled everywhere they appear and never merged with plain ones.
+    reranking: dict | None = None
 
     def to_dict(self, extra: dict | None = None) -> dict:
         return {
@@ -93,7 +100,9 @@ class EvaluationResults:
             ),
             "dataset": self.dataset,
             "root": self.root,
-            "distance": "negated dot product of L2-normalised features",
+            "distance": "negated dot product of L2-normalised features"
+            + (f"; {self.reranking['label']}" if self.reranking else " (not re-ranked)"),
+            "reranking": self.reranking,
             "metrics_unit": "percent",
             "max_rank": self.max_rank,
             "settings": {name: s.to_dict() for name, s in self.settings.items()},
@@ -112,6 +121,7 @@ class EvaluationResults:
             trials = ",".join(str(t.trial) for t in s.trials)
             lines.append(f"| {self.dataset} | {name} | {trials} | " + " | ".join(f"{mean[k]:.2f}" for k in keys) + " |")
         lines.append(f"\nRules: {PROTOCOLS_DOC} (camera rule, CMC, trials and gallery sampling per setting).")
+        lines.append(f"**{self.reranking['label'].upper()}**" if self.reranking else "Not re-ranked.")
         return "\n".join(lines)
 
 
@@ -153,11 +163,15 @@ def evaluate(
     max_rank: int = 20,
     progress: bool = True,
     cache: FeatureCache | None = None,
+    rerank: RerankConfig | None = None,
+    on_ranked: RankedHook | None = None,
 ) -> EvaluationResults:
     """Run ``settings`` (default: all of the dataset's) over ``trials`` (default: each setting's own).
 
     ``extract(records)`` returns one L2-normalised feature row per record, in order; it receives the
     records of a setting/trial that have no cached feature yet (possibly thousands: batch inside).
+    ``rerank`` replaces the plain distances by re-ranked ones (the results say so); ``on_ranked`` sees
+    every scored distance matrix.
     """
     from tqdm import tqdm
 
@@ -166,7 +180,9 @@ def evaluate(
     wanted = None if trials is None else list(trials)
     cache = cache or FeatureCache(extract)
     jobs = [(spec, t) for spec in specs for t in (spec.trials if wanted is None else wanted)]
-    results = EvaluationResults(dataset.name, str(dataset.root), max_rank)
+    results = EvaluationResults(
+        dataset.name, str(dataset.root), max_rank, reranking=rerank.to_dict() if rerank else None
+    )
     for spec, trial in tqdm(jobs, desc=f"evaluate {dataset.name}", unit="trial", disable=not progress):
         query, gallery = dataset.query_gallery(spec.name, trial)
         if not query or not gallery:
@@ -175,7 +191,9 @@ def evaluate(
             )
         qf = cache.get(query)
         gf = cache.get(gallery)
-        distmat = -(qf @ gf.T)
+        distmat = rerank.distances(qf, gf) if rerank else -(qf @ gf.T)
+        if on_ranked is not None:
+            on_ranked(spec.name, trial, query, gallery, distmat)
         cmc, m_ap, m_inp = rank_metrics(
             distmat,
             np.array([r.pid for r in query]),
@@ -202,10 +220,12 @@ def merge_results(runs: Sequence[EvaluationResults]) -> EvaluationResults:
     if not runs:
         raise ValueError("no results to merge")
     first = runs[0]
-    merged = EvaluationResults(first.dataset, first.root, first.max_rank)
+    merged = EvaluationResults(first.dataset, first.root, first.max_rank, reranking=first.reranking)
     for run in runs:
         if run.dataset != first.dataset or run.max_rank != first.max_rank:
             raise ValueError(f"cannot merge {run.dataset} (max_rank {run.max_rank}) into {first.dataset}")
+        if run.reranking != first.reranking:
+            raise ValueError("cannot merge re-ranked and plain results (or two re-rankings) into one table")
         for name, s in run.settings.items():
             target = merged.settings.setdefault(name, SettingResult(name, s.rule, dict(s.description)))
             seen = {t.trial for t in target.trials}
@@ -250,7 +270,7 @@ def plot_cmc(results: EvaluationResults, path: str | Path) -> Path:
     ax.set_xlim(1, results.max_rank)
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"CMC, {results.dataset} (rules of PROTOCOLS.md)")
+    ax.set_title(f"CMC, {results.dataset} (rules of PROTOCOLS.md)" + (", RE-RANKED" if results.reranking else ""))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png")
