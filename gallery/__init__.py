@@ -13,7 +13,7 @@ silently renormalised). Scores are inner products (cosine similarities).
         for hit in hits:
             print(hit.id, hit.score, hit.item.camera)
 
-Back-ends (``open_gallery(..., backend=...)`` or ``Gallery(..., backend=...)``):
+Back-ends (``open_gallery(..., backend=...)``, the one way in):
 
 - ``faiss`` (default, :class:`FaissGallery`): a directory holding a SQLite database (WAL,
   ``synchronous=FULL``: a batch survives ``kill -9`` and power loss once ``add`` returns) which is the
@@ -59,7 +59,6 @@ __all__ = [
     "DimensionMismatchError",
     "FaissGallery",
     "Filters",
-    "Gallery",
     "GalleryError",
     "GalleryStateError",
     "IndexConfig",
@@ -87,33 +86,3 @@ def open_gallery(
 
         return MilvusGallery(path, dim, embedding_version, **options)
     raise GalleryError(f"unknown gallery back-end {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-class Gallery(FaissGallery):
-    """``Gallery(path, dim, embedding_version, backend="faiss", **options)``.
-
-    The FAISS gallery; ``backend="milvus"`` returns a :class:`~gallery.milvus_backend.MilvusGallery`
-    instead (same interface, see :class:`BaseGallery`).
-    """
-
-    def __new__(
-        cls,
-        path: str | os.PathLike[str],
-        dim: int | None = None,
-        embedding_version: str | None = None,
-        backend: str = "faiss",
-        **options: Any,
-    ) -> Any:
-        if backend != "faiss":
-            return open_gallery(path, dim, embedding_version, backend, **options)
-        return super().__new__(cls)
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        dim: int | None = None,
-        embedding_version: str | None = None,
-        backend: str = "faiss",
-        **options: Any,
-    ) -> None:
-        super().__init__(path, dim, embedding_version, **options)

@@ -6,6 +6,10 @@ one model call on the whole batch (crops of both modalities together: the Embedd
 per row) in a dedicated thread, so the event loop never blocks on the model. While a call runs, new
 crops queue up and form the next batch. ``max_batch=1`` turns batching off (one call per crop), the
 baseline of the benchmark.
+
+A model call that fails on a coalesced batch is retried crop by crop, so one request's bad crop fails
+that request only, never the healthy requests it happened to share a call with. ``stop`` lets the call
+in flight finish (its requests get their vectors) and answers the crops still waiting 503.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class DynamicBatcher:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
+        self._stopping = False
         self.calls = 0  # model calls made, for tests and logs
 
     @property
@@ -71,13 +77,21 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="clipmc-batcher")
 
-    async def stop(self) -> None:
-        """Stop the batcher; crops still waiting get a 503."""
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop the batcher: crops still waiting get a 503, the model call in flight may finish first."""
+        self._stopping = True
+        self._fail_waiting()
+        if self._in_flight is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._in_flight), drain_timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
@@ -86,6 +100,8 @@ class DynamicBatcher:
 
     async def embed(self, crops: np.ndarray, modalities: np.ndarray | list[int]) -> np.ndarray:
         """Vectors [N, D] for crops uint8 [N, H, W, 3], each with its modality (0 visible, 1 infrared)."""
+        if self._stopping:
+            raise APIError(503, "shutting_down", "the service is shutting down")
         if self._task is None or self._task.done():
             raise APIError(503, "not_ready", "the embedding worker is not running")
         n = len(crops)
@@ -131,9 +147,14 @@ class DynamicBatcher:
                     batch.append(item)
             self._set_depth()
             if batch:
-                await self._call(loop, batch)
+                self._in_flight = loop.create_future()
+                try:
+                    await self._call(loop, batch)
+                finally:
+                    self._in_flight.set_result(None)
+                    self._in_flight = None
 
-    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], *, isolate: bool = True) -> None:
         images = np.stack([item.crop for item in batch])
         modality = np.asarray([item.modality for item in batch], dtype=np.int64)
         start = time.perf_counter()
@@ -151,6 +172,12 @@ class DynamicBatcher:
             raise
         except Exception as exc:
             log.error("model call on %d crops failed: %r", len(batch), exc)
+            if isolate and len(batch) > 1:
+                # Coalesced crops of other requests must not share the failure: one call per crop.
+                for item in batch:
+                    if not item.future.done():
+                        await self._call(loop, [item], isolate=False)
+                return
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)

@@ -13,7 +13,6 @@ from clipmc.gallery import (
     DimensionMismatchError,
     FaissGallery,
     Filters,
-    Gallery,
     GalleryError,
     GalleryStateError,
     IndexConfig,
@@ -117,7 +116,7 @@ def rng() -> np.random.Generator:
 def test_add_search_remove_and_filters_agree_with_brute_force(tmp_path: Path, rng: np.random.Generator) -> None:
     reference = Reference()
     queries = unit_vectors(rng, 4)
-    with Gallery(tmp_path / "g", DIM, VERSION) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
         for batch in range(3):
             items = random_items(rng, 150, prefix=f"b{batch}-")
             result = gallery.add(items)
@@ -136,7 +135,7 @@ def test_add_search_remove_and_filters_agree_with_brute_force(tmp_path: Path, rn
         assert gallery.stats()["count"] == 330
         assert_matches_reference(gallery, reference, queries, 10)
 
-    with Gallery(tmp_path / "g", DIM, VERSION) as reopened:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as reopened:
         assert reopened.stats()["count"] == 330
         assert_matches_reference(reopened, reference, queries, 10)
 
@@ -149,7 +148,7 @@ def test_filter_still_returns_top_k_when_enough_items_match(
     for i, item in enumerate(items):
         item.camera = "rare" if i % 50 == 0 else "common"  # 12 items on the rare camera
     config = IndexConfig(kind=kind, nlist=16, nprobe=1)
-    with Gallery(tmp_path / "g", DIM, VERSION, index=config) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION, index=config) as gallery:
         gallery.add(items)
         assert gallery.stats()["index"]["kind"] == kind
         queries = unit_vectors(rng, 8)
@@ -166,7 +165,7 @@ def test_ivf_recall_is_measured_and_auto_switch(tmp_path: Path, rng: np.random.G
     reference = Reference()
     config = IndexConfig(kind="auto", ivf_threshold=500, nlist=8, nprobe=8)
     queries = unit_vectors(rng, 4)
-    with Gallery(tmp_path / "g", DIM, VERSION, index=config) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION, index=config) as gallery:
         items = random_items(rng, 400)
         reference.add(gallery.add(items).ids, items)
         assert gallery.stats()["index"]["kind"] == "flat"
@@ -177,12 +176,12 @@ def test_ivf_recall_is_measured_and_auto_switch(tmp_path: Path, rng: np.random.G
         assert index["nlist"] == 8
         assert index["recall_at_10"] == pytest.approx(1.0)  # nprobe == nlist scans everything
         assert_matches_reference(gallery, reference, queries, 10)
-    with Gallery(tmp_path / "g", DIM, VERSION, index=config) as reopened:
+    with open_gallery(tmp_path / "g", DIM, VERSION, index=config) as reopened:
         assert reopened.stats()["index"]["kind"] == "ivf"
         assert reopened.stats()["index"]["recall_at_10"] == pytest.approx(1.0)
         assert_matches_reference(reopened, reference, queries, 10)
     fewer_probes = IndexConfig(kind="auto", ivf_threshold=500, nlist=8, nprobe=2)
-    with Gallery(tmp_path / "g", DIM, VERSION, index=fewer_probes) as reopened:
+    with open_gallery(tmp_path / "g", DIM, VERSION, index=fewer_probes) as reopened:
         index = reopened.stats()["index"]
         assert (index["kind"], index["nprobe"]) == ("ivf", 2)
         assert index["recall_at_10"] is None  # measured at another nprobe: not reported as this one's
@@ -193,7 +192,7 @@ def test_ivf_recall_is_measured_and_auto_switch(tmp_path: Path, rng: np.random.G
 
 def test_reingest_with_same_external_ids_adds_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
     items = random_items(rng, 40)
-    with Gallery(tmp_path / "g", DIM, VERSION) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
         first = gallery.add(items)
         seq = gallery.stats()["seq"]
         again = gallery.add(random_items(np.random.default_rng(99), 40))  # same external ids, other vectors
@@ -220,14 +219,14 @@ def test_reingest_with_same_external_ids_adds_nothing(tmp_path: Path, rng: np.ra
 def test_restart_keeps_everything(tmp_path: Path, rng: np.random.Generator) -> None:
     items = random_items(rng, 100)
     queries = unit_vectors(rng, 3)
-    with Gallery(tmp_path / "g", DIM, VERSION) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
         ids = gallery.add(items).ids
         gallery.remove(ids[:10])
         gallery.update(ids[20], identity="alice", metadata={"note": "seen twice"})
         before_stats = gallery.stats()
         before_items = {i: gallery.get(i) for i in ids}
         before_hits = gallery.search(queries, 20, Filters(has_identity=True))
-    with Gallery(tmp_path / "g") as reopened:  # dim and version come from the gallery
+    with open_gallery(tmp_path / "g") as reopened:  # dim and version come from the gallery
         assert reopened.dim == DIM
         assert reopened.embedding_version == VERSION
         after = reopened.stats()
@@ -255,7 +254,7 @@ def searchable_ids(gallery) -> list[int]:
 def test_snapshot_plus_replay_equals_rebuild(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "g"
     queries = unit_vectors(rng, 5)
-    gallery = Gallery(path, DIM, VERSION, snapshot_on_close=False, snapshot_every=0)
+    gallery = open_gallery(path, DIM, VERSION, snapshot_on_close=False, snapshot_every=0)
     first = gallery.add(random_items(rng, 200)).ids
     assert gallery.snapshot()["seq"] == gallery.stats()["seq"]
     later = gallery.add(random_items(rng, 100, prefix="later")).ids
@@ -264,7 +263,7 @@ def test_snapshot_plus_replay_equals_rebuild(tmp_path: Path, rng: np.random.Gene
     expected_ids = sorted(set(first[30:]) | set(later[20:]))
     gallery.close()  # no snapshot on close: the next open must replay
 
-    replayed = Gallery(path)
+    replayed = open_gallery(path)
     stats = replayed.stats()
     assert stats["snapshot_seq"] < stats["seq"]
     assert stats["changes_since_snapshot"] == 80 + 50  # live items added after it + removals
@@ -274,7 +273,7 @@ def test_snapshot_plus_replay_equals_rebuild(tmp_path: Path, rng: np.random.Gene
 
     (path / INDEX_NAME).unlink()
     (path / INDEX_META_NAME).unlink()
-    rebuilt = Gallery(path)
+    rebuilt = open_gallery(path)
     assert rebuilt.stats()["changes_since_snapshot"] == 0
     assert searchable_ids(rebuilt) == expected_ids
     rebuilt_hits = [rebuilt.search(queries, 25, f) for f in FILTERS]
@@ -288,10 +287,10 @@ def test_snapshot_plus_replay_equals_rebuild(tmp_path: Path, rng: np.random.Gene
 @pytest.mark.parametrize("damage", ["truncate", "garbage-meta", "foreign-meta", "stale-pair"])
 def test_damaged_snapshot_is_rebuilt(tmp_path: Path, rng: np.random.Generator, damage: str) -> None:
     path = tmp_path / "g"
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         ids = gallery.add(random_items(rng, 80)).ids
     old_index = (path / INDEX_NAME).read_bytes()
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         more = gallery.add(random_items(rng, 20, prefix="m")).ids
         gallery.remove(ids[:5])
     if damage == "truncate":
@@ -303,14 +302,14 @@ def test_damaged_snapshot_is_rebuilt(tmp_path: Path, rng: np.random.Generator, d
         (path / INDEX_META_NAME).write_text('{"format": 99}')
     else:  # an older index next to newer metadata: sizes differ
         (path / INDEX_NAME).write_bytes(old_index)
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         assert searchable_ids(gallery) == sorted(ids[5:] + more)
         assert gallery.search(gallery.get(more[0]).vector, 1)[0][0].id == more[0]
 
 
 def test_dimension_and_version_mismatch_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "g"
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         gallery.add(random_items(rng, 5))
         with pytest.raises(DimensionMismatchError, match="dimension 16"):
             gallery.add(random_items(rng, 1, dim=16))
@@ -322,23 +321,23 @@ def test_dimension_and_version_mismatch_are_refused(tmp_path: Path, rng: np.rand
             gallery.search(unit_vectors(rng, 1), embedding_version="other-model")
         assert gallery.stats()["count"] == 5
     with pytest.raises(DimensionMismatchError, match="holds dimension 32"):
-        Gallery(path, 64, VERSION)
+        open_gallery(path, 64, VERSION)
     with pytest.raises(VersionMismatchError, match="other-model"):
-        Gallery(path, DIM, "other-model")
+        open_gallery(path, DIM, "other-model")
     for error in (DimensionMismatchError, VersionMismatchError, GalleryError, ItemNotFoundError):
         assert issubclass(error, ValueError)
     with pytest.raises(GalleryError, match="needs dim and embedding_version"):
-        Gallery(tmp_path / "new")
+        open_gallery(tmp_path / "new")
     with pytest.raises(GalleryError, match="positive integer"):
-        Gallery(tmp_path / "new", 0, VERSION)
+        open_gallery(tmp_path / "new", 0, VERSION)
     assert not (tmp_path / "new").exists()  # a refused create leaves nothing behind
     # the failed opens released the writer lock
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         assert gallery.stats()["count"] == 5
 
 
 def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -> None:
-    with Gallery(tmp_path / "g", DIM, VERSION) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
         good = unit_vectors(rng, 1)[0]
         nan = good.copy()
         nan[3] = np.nan
@@ -377,7 +376,7 @@ def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -
         with pytest.raises(GalleryError, match="filters"):
             gallery.search(good, filters={"modality": 0})  # type: ignore[arg-type]
         with pytest.raises(GalleryError, match="empty string"):
-            Gallery(tmp_path / "blank", DIM, "  ")
+            open_gallery(tmp_path / "blank", DIM, "  ")
         with pytest.raises(GalleryError, match="NaN"):
             gallery.search(nan)
         with pytest.raises(GalleryError, match="cannot update"):
@@ -391,7 +390,7 @@ def test_bad_input_gets_clear_errors(tmp_path: Path, rng: np.random.Generator) -
 
 def test_modalities_labels_and_update(tmp_path: Path, rng: np.random.Generator) -> None:
     vectors = unit_vectors(rng, 3)
-    with Gallery(tmp_path / "g", DIM, VERSION) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
         ids = gallery.add(
             [
                 Item(vectors[0], "visible", camera=3, track_id=7, timestamp=5),
@@ -428,7 +427,7 @@ def test_concurrent_readers_see_whole_batches_while_a_writer_adds(tmp_path: Path
     done = threading.Event()
     observed = []
 
-    with Gallery(tmp_path / "g", DIM, VERSION) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
 
         def writer() -> None:
             try:
@@ -471,10 +470,10 @@ def test_concurrent_readers_see_whole_batches_while_a_writer_adds(tmp_path: Path
 
 def test_one_writer_process_and_read_only_opens(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "g"
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         ids = gallery.add(random_items(rng, 30)).ids
         with pytest.raises(GalleryStateError, match="another process"):
-            Gallery(path, DIM, VERSION)
+            open_gallery(path, DIM, VERSION)
         with FaissGallery(path, read_only=True) as viewer:
             assert viewer.stats()["count"] == 30
             assert viewer.search(gallery.get(ids[4]).vector, 1)[0][0].id == ids[4]
@@ -503,7 +502,7 @@ def test_open_gallery_picks_the_backend(tmp_path: Path) -> None:
 def test_gpu_mirror_matches_cpu(tmp_path: Path, rng: np.random.Generator) -> None:
     reference = Reference()
     queries = unit_vectors(rng, 4)
-    with Gallery(tmp_path / "g", DIM, VERSION, index=IndexConfig(use_gpu=True)) as gallery:
+    with open_gallery(tmp_path / "g", DIM, VERSION, index=IndexConfig(use_gpu=True)) as gallery:
         items = random_items(rng, 300)
         ids = gallery.add(items).ids
         reference.add(ids, items)

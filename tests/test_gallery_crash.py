@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipmc.gallery import Gallery
+from clipmc.gallery import open_gallery
 
 DIM = 24
 BATCH = 40
@@ -24,10 +24,10 @@ WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from clipmc.gallery import Gallery, Item
+    from clipmc.gallery import Item, open_gallery
 
     path, start, dim, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    gallery = Gallery(path, dim, "crash-test", snapshot_every=0)
+    gallery = open_gallery(path, dim, "crash-test", snapshot_every=0)
     print("ready", flush=True)
     b = start
     while True:
@@ -97,7 +97,7 @@ def test_sigkilled_writer_loses_no_acknowledged_batch_and_leaves_no_partial_one(
         # acknowledged gets added again, which must be a no-op (same external ids).
         start = max(acked) + 1
 
-        with Gallery(path, DIM, VERSION) as gallery:
+        with open_gallery(path, DIM, VERSION) as gallery:
             per_batch: collections.Counter[int] = collections.Counter()
             for items in gallery.iter_items(with_vectors=False):
                 for item in items:

@@ -37,7 +37,6 @@ pytestmark = [
 from clipmc.gallery import (  # noqa: E402
     DimensionMismatchError,
     Filters,
-    Gallery,
     GalleryError,
     Item,
     VersionMismatchError,
@@ -97,7 +96,7 @@ def test_milvus_gallery_matches_brute_force_and_survives_reopen(tmp_path: Path) 
     path = tmp_path / "milvus"
     reference: dict[int, Item] = {}
     queries = unit_vectors(np.random.default_rng(1), 3, DIM)
-    with Gallery(path, DIM, VERSION, backend="milvus") as gallery:
+    with open_gallery(path, DIM, VERSION, backend="milvus") as gallery:
         assert gallery.backend == "milvus"
         items = make_items(60, seed=1)
         result = gallery.add(items)
@@ -152,7 +151,7 @@ def test_milvus_gallery_matches_brute_force_and_survives_reopen(tmp_path: Path) 
 
 def test_export_from_faiss_import_into_milvus(tmp_path: Path) -> None:
     items = make_items(40, seed=3)
-    with Gallery(tmp_path / "faiss", DIM, VERSION) as source:
+    with open_gallery(tmp_path / "faiss", DIM, VERSION) as source:
         ids = source.add(items).ids
         export_gallery(source, tmp_path / "export")
         query = items[0].vector

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipmc.gallery import Filters, Gallery, GalleryError, Item, VersionMismatchError
+from clipmc.gallery import Filters, GalleryError, Item, VersionMismatchError, open_gallery
 from clipmc.gallery.cli import register
 from clipmc.gallery.portable import ITEMS_NAME, MANIFEST_NAME, VECTORS_NAME, export_gallery, import_gallery
 from tests.test_gallery import unit_vectors
@@ -38,7 +38,7 @@ def make_items(n: int, seed: int = 0) -> list[Item]:
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     path = tmp_path / "source"
-    with Gallery(path, DIM, VERSION) as gallery:
+    with open_gallery(path, DIM, VERSION) as gallery:
         ids = gallery.add(make_items(120)).ids
         gallery.remove(ids[10:20])  # holes in the id sequence must survive the round trip
     return path
@@ -53,7 +53,7 @@ def snapshot_of(gallery) -> dict[int, tuple[dict, np.ndarray]]:
 
 
 def test_export_import_round_trip(tmp_path: Path, source: Path) -> None:
-    with Gallery(source) as gallery:
+    with open_gallery(source) as gallery:
         manifest = export_gallery(gallery, tmp_path / "export", batch_size=25)
         original = snapshot_of(gallery)
         query = make_items(1, seed=5)[0].vector
@@ -61,7 +61,7 @@ def test_export_import_round_trip(tmp_path: Path, source: Path) -> None:
     assert manifest["count"] == 110
     assert json.loads((tmp_path / "export" / MANIFEST_NAME).read_text())["dim"] == DIM
 
-    with Gallery(tmp_path / "copy", DIM, VERSION) as copy:
+    with open_gallery(tmp_path / "copy", DIM, VERSION) as copy:
         result = import_gallery(copy, tmp_path / "export", batch_size=40)
         assert result == {"count": 110, "created": 110, "existing": 0, "kept_ids": True}
         restored = snapshot_of(copy)
@@ -75,7 +75,7 @@ def test_export_import_round_trip(tmp_path: Path, source: Path) -> None:
         assert (again["created"], again["existing"]) == (0, 110)
         assert copy.stats()["count"] == 110
 
-    with Gallery(tmp_path / "other", DIM, VERSION) as other:
+    with open_gallery(tmp_path / "other", DIM, VERSION) as other:
         other.add(make_items(3, seed=9))  # external ids x1 and x2 are also in the export
         result = import_gallery(other, tmp_path / "export")  # not empty: new ids
         assert result["kept_ids"] is False
@@ -84,15 +84,15 @@ def test_export_import_round_trip(tmp_path: Path, source: Path) -> None:
 
 
 def test_import_refuses_damaged_or_foreign_exports(tmp_path: Path, source: Path) -> None:
-    with Gallery(source) as gallery:
+    with open_gallery(source) as gallery:
         export_gallery(gallery, tmp_path / "export")
         with pytest.raises(GalleryError, match="not an empty directory"):
             export_gallery(gallery, tmp_path / "export")
-    with Gallery(tmp_path / "wrong", DIM, "another-model") as wrong, pytest.raises(VersionMismatchError):
+    with open_gallery(tmp_path / "wrong", DIM, "another-model") as wrong, pytest.raises(VersionMismatchError):
         import_gallery(wrong, tmp_path / "export")
     items = tmp_path / "export" / ITEMS_NAME
     items.write_text(items.read_text().replace("cam1", "cam9", 1))
-    with Gallery(tmp_path / "copy", DIM, VERSION) as copy:
+    with open_gallery(tmp_path / "copy", DIM, VERSION) as copy:
         with pytest.raises(GalleryError, match="checksum"):
             import_gallery(copy, tmp_path / "export")
         vectors = tmp_path / "export" / VECTORS_NAME
@@ -132,10 +132,10 @@ def test_cli_stats_export_import_rebuild(tmp_path: Path, source: Path, capsys: p
     assert run_cli("gallery", "rebuild", str(target), "--kind", "ivf", "--nlist", "2", "--nprobe", "2") == 0
     out = capsys.readouterr().out
     assert "rebuilt a ivf index of 110 vectors" in out and "recall@10 1.000" in out
-    with Gallery(target) as gallery:  # the rebuilt snapshot is what a plain open uses
+    with open_gallery(target) as gallery:  # the rebuilt snapshot is what a plain open uses
         assert gallery.stats()["index"]["kind"] == "ivf"
 
-    with Gallery(source):  # stats and export work read-only while a writer holds the gallery
+    with open_gallery(source):  # stats and export work read-only while a writer holds the gallery
         assert run_cli("gallery", "stats", str(source), "--json") == 0
         assert json.loads(capsys.readouterr().out)["count"] == 110
         assert run_cli("gallery", "rebuild", str(source)) == 2

@@ -1,14 +1,11 @@
-"""Service settings: environment, config file, precedence, API keys, loopback binding; the auth and
-batching units that need no server."""
+"""Service settings: environment, config file, precedence, API keys, loopback binding; the auth unit
+that needs no server (the batcher's tests are in test_batching.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import logging
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -136,40 +133,3 @@ def test_loopback_and_bind_override(caplog):
         assert bind_host(Settings(host="0.0.0.0")) == "127.0.0.1"
     assert "no API key" in caplog.text and "0.0.0.0" in caplog.text
     assert bind_host(Settings(host="0.0.0.0", api_keys="some-key-000000:query")) == "0.0.0.0"
-
-
-def test_batcher_groups_and_isolates_failures():
-    """Unit check of the batcher: crops of both modalities share calls, a failing call fails its crops only."""
-    from clipmc.service.batching import DynamicBatcher
-
-    calls: list[tuple[int, list[int]]] = []
-
-    def embed(images: np.ndarray, modality: np.ndarray) -> np.ndarray:
-        calls.append((len(images), modality.tolist()))
-        if (images[:, 0, 0, 0] == 255).any():
-            raise RuntimeError("model failure")
-        out = np.zeros((len(images), 4), np.float32)
-        out[:, 0] = images[:, 0, 0, 0]
-        out[:, 1] = modality
-        return out
-
-    async def scenario() -> None:
-        executor = concurrent.futures.ThreadPoolExecutor(1)
-        batcher = DynamicBatcher(embed, max_batch=4, max_wait_ms=50, max_queue=10, executor=executor)
-        batcher.start()
-        crops = [np.full((1, 2, 2, 3), i, np.uint8) for i in range(6)]
-        results = await asyncio.gather(*(batcher.embed(c, [i % 2]) for i, c in enumerate(crops)))
-        for i, vec in enumerate(results):
-            assert vec[0, 0] == i and vec[0, 1] == i % 2
-        assert [n for n, _ in calls] == [4, 2]
-        with pytest.raises(APIError, match="queue is full"):
-            await batcher.embed(np.zeros((11, 2, 2, 3), np.uint8), [0] * 11)
-        bad = batcher.embed(np.full((1, 2, 2, 3), 255, np.uint8), [0])
-        with pytest.raises(RuntimeError, match="model failure"):
-            await bad
-        ok = await batcher.embed(np.full((2, 2, 2, 3), 7, np.uint8), [1, 0])
-        assert ok[:, 1].tolist() == [1, 0]
-        await batcher.stop()
-        executor.shutdown()
-
-    asyncio.run(scenario())

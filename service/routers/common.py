@@ -1,0 +1,63 @@
+"""Pieces the routers share: documented error answers, the item id path parameter, item bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends
+from fastapi import Path as PathParam
+
+from clipmc.gallery import Item, SearchHit
+from clipmc.service import schemas
+from clipmc.service.auth import require
+
+# Gallery ids are positive SQLite / Milvus int64 keys: a larger number is a 422 here, not an overflow deeper down.
+ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="gallery item id")]
+
+#: Scope dependencies, for a route's ``dependencies=[...]``.
+QUERY_SCOPE = Depends(require("query"))
+INGEST_SCOPE = Depends(require("ingest"))
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schemas.ErrorResponse, "description": text}
+    for status, text in (
+        (401, "missing or invalid API key"),
+        (403, "the API key lacks the scope"),
+        (413, "body, image or file count too large"),
+        (415, "unsupported content type or image format"),
+        (422, "invalid field or image"),
+        (503, "not ready, overloaded or shutting down"),
+    )
+}
+
+
+def item_dict(item: Item, item_id: int) -> dict[str, Any]:
+    """An item as the API shows it (``ItemResponse``)."""
+    return {
+        "id": int(item_id),
+        "external_id": item.external_id,
+        "modality": schemas.MODALITY_NAMES[int(item.modality)],
+        "camera": item.camera,
+        "timestamp": item.timestamp,
+        "track_id": item.track_id,
+        "identity": item.identity,
+        "metadata": item.metadata,
+    }
+
+
+def result_dict(hit: SearchHit) -> dict[str, Any]:
+    """A search hit as the API shows it (``QueryResult``)."""
+    return {**item_dict(hit.item, hit.id), "score": float(hit.score)}
+
+
+def body_doc(json_model: str, form_schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body of a route that reads multipart or JSON by hand."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": form_schema},
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model}"}},
+            },
+        }
+    }
