@@ -11,6 +11,8 @@ from clipmc.cli import CLIError
 
 log = logging.getLogger(__name__)
 
+ABLATION_CHOICES = ("mc", "itpg", "mcl", "text")  # config.ABLATIONS (not imported: keeps `clipmc --help` fast)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="architecture, embedding_version, parameters and image size of a checkpoint")
@@ -29,8 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", help="H,W (default 288,144)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--eval-every", type=int)
+    p.add_argument("--seed", type=int, help="seeds python, numpy and torch before the model is built")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="bit-reproducible run: one CPU thread, deterministic algorithms (CUDA: cuDNN "
+                        "deterministic, no TF32)")  # fmt: skip
+    p.add_argument("--ablate", action="append", choices=ABLATION_CHOICES,
+                   help="remove a module (repeatable): mc (f_full = f_img), itpg (shared instance tokens), mcl "
+                        "(one context for both modalities), text (no text encoder: image-only baseline)")  # fmt: skip
+    p.add_argument("--select", dest="selection", choices=("val", "last"),
+                   help="val (default): best/ chosen on validation identities (SYSU exp/val_id.txt; RegDB/LLCM a "
+                        "held-out share of the training ids); last: train on all training ids, keep last/")  # fmt: skip
+    p.add_argument("--holdout", type=float, help="RegDB/LLCM: share of training identities held out (default 0.1)")
+    p.add_argument("--eval-every", type=int, help="validate (and maybe update best/) every N epochs")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.set_defaults(func=cmd_train)
@@ -46,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=1, type=_split_arg, help="RegDB split 1..10 or 'all'")
     p.add_argument("--trials", type=_trials_arg, help="comma-separated trials (default: the protocol's 10)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped crop")
+    p.add_argument("--llcm-vis2ir", choices=("sampled", "transposed"), default="sampled",
+                   help="LLCM VIS->IR: sampled (PROTOCOLS.md: visible queries, sampled NIR gallery) or transposed "
+                        "(the IR->VIS matrix transposed, as the LLCM authors' script does)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -94,7 +109,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "image_size": list(model.config.image_size),
         "parameters": count_parameters(model),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "mc_alpha": float(model.mc.alpha.detach()),
+        "mc_alpha": float(model.mc.alpha.detach()) if model.mc is not None else None,
+        "ablate": list(model.config.ablate),
         "metadata": cfg.get("metadata", {}),
     }
     if args.json:
@@ -115,10 +131,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _open_dataset(dataset: str, root: str | None, split: int | None = None):
+def _open_dataset(dataset: str, root: str | None, split: int | None = None, vis2ir: str | None = None):
     from .data import load_dataset
 
-    kw = {"split": split} if split is not None and _layout(dataset, root) == "regdb" else {}
+    layout = _layout(dataset, root)
+    kw: dict[str, object] = {"split": split} if split is not None and layout == "regdb" else {}
+    if vis2ir is not None and layout == "llcm":
+        kw["vis2ir"] = vis2ir
     return load_dataset(dataset, root, **kw)
 
 
@@ -139,7 +158,9 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data.selection import holdout_split
     from .factory import build_model
+    from .seeding import deterministic_mode, seed_everything
     from .trainer import TrainConfig, Trainer
 
     overrides = {
@@ -149,6 +170,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "workers": args.workers,
         "seed": args.seed,
+        "deterministic": args.deterministic,
+        "ablate": args.ablate,
+        "selection": args.selection,
+        "holdout": args.holdout,
         "eval_every": args.eval_every,
     }
     cfg = (
@@ -161,23 +186,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dataset = _open_dataset(args.dataset, args.data_root, args.split)
     log.info("%s", dataset.summary())
-    model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
-    settings = list(dataset.settings)[:1]
-    # The setting's own first trials: gallery draws 0.. for SYSU/LLCM, the loaded split for RegDB.
-    trials = list(dataset.setting(settings[0]).trials[: cfg.eval_trials])
+    if cfg.selection == "val":
+        # best/ is chosen on identities held out of training, never on the test identities.
+        split = holdout_split(dataset, cfg.holdout, cfg.seed, trials=max(1, cfg.eval_trials))
+        train, num_classes, description = split.train, split.num_classes, split.description
+        validation = split.validation
+        log.info("selection on %s; training on %d identities", description, num_classes)
+    else:
+        train, num_classes, validation = dataset.train, dataset.num_classes, None
+        description = "none: every training identity trained on, last epoch kept"
+    with deterministic_mode(cfg.deterministic):
+        seed_everything(cfg.seed)  # before the model is built: it fixes the initial weights
+        model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size, ablate=cfg.ablate)
+        evaluate = None
+        if validation is not None:
+            val = validation
 
-    def evaluate(m) -> dict[str, float]:
-        results = evaluate_model(m, dataset, settings, trials, device=device, workers=0)
-        return results.settings[settings[0]].mean
+            def evaluate(m) -> dict[str, float]:
+                results = evaluate_model(m, val, device=device, workers=0, progress=False)
+                return results.settings["val"].mean
 
-    trainer = Trainer(
-        model, dataset.train, dataset.num_classes, cfg, args.out, device=device, evaluate=evaluate,
-        dataset_info={"name": dataset.name, "root": str(dataset.root), "eval_setting": settings[0],
-                      "eval_trials": trials},
-    )  # fmt: skip
-    if args.resume:
-        trainer.resume()
-    result = trainer.fit()
+        info = {"name": dataset.name, "root": str(dataset.root), "num_classes": num_classes,
+                "selection_split": description}  # fmt: skip
+        trainer = Trainer(model, train, num_classes, cfg, args.out, device=device, evaluate=evaluate,
+                          dataset_info=info, selection_split=description)  # fmt: skip
+        if args.resume:
+            trainer.resume()
+        result = trainer.fit()
     print(json.dumps({"out": result["out"], "best": result["best"]}, indent=2))
     return 0
 
@@ -219,6 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         splits = list(range(1, 11)) if args.split == "all" else [args.split]
     runs = []
     versions: dict[int | None, str] = {}
+    checkpoints: dict[int | None, dict] = {}
     loaded = None
     for split in splits:
         ckpt = args.checkpoint.format(split=split) if split is not None else args.checkpoint
@@ -226,12 +262,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if ckpt == "openai":
                 model = build_model("vit-b-16", pretrained="openai")
                 version = model.embedding_version
+                record = {"path": "openai", "selection": "zero-shot CLIP weights, nothing selected"}
             else:
                 model = load_checkpoint(ckpt)
-                version = read_checkpoint_config(ckpt)["embedding_version"]  # verified by load_checkpoint
+                ckpt_cfg = read_checkpoint_config(ckpt)
+                version = ckpt_cfg["embedding_version"]  # verified by load_checkpoint
+                meta = ckpt_cfg.get("metadata", {})
+                record = {"path": str(Path(ckpt).resolve()), "epoch": meta.get("epoch"),
+                          "selection": meta.get("selection"), "ablate": list(model.config.ablate),
+                          "weights_sha256": ckpt_cfg["weights_sha256"]}  # fmt: skip
             loaded = ckpt
         versions[split] = version
-        dataset = _open_dataset(args.dataset, args.data_root, split)
+        checkpoints[split] = record
+        dataset = _open_dataset(args.dataset, args.data_root, split, args.llcm_vis2ir)
         settings = [args.mode] if args.mode else None
         if args.visualize and writer is None:
             rules = {name: dataset.setting(name).rule for name in dataset.settings}
@@ -253,7 +296,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # One version, or (one model per RegDB split) the version of each split's model.
     distinct = set(versions.values())
     embedding_version = distinct.pop() if len(distinct) == 1 else {str(k): v for k, v in versions.items()}
-    extra = {"checkpoint": args.checkpoint, "flip": args.flip, "embedding_version": embedding_version}
+    # The checkpoint(s) evaluated, with how each was chosen (best/ records its validation selection).
+    evaluated = checkpoints[splits[0]] if len(splits) == 1 else {str(k): v for k, v in checkpoints.items()}
+    extra = {"checkpoint": args.checkpoint, "checkpoint_info": evaluated, "flip": args.flip,
+             "embedding_version": embedding_version}  # fmt: skip
+    if layout == "llcm":
+        extra["llcm_vis2ir"] = args.llcm_vis2ir
     # Re-ranked numbers get their own files: they are never set beside plain ones (PROTOCOLS.md).
     suffix = "-reranked" if rerank else ""
     write_results_json(results, out / f"results{suffix}.json", extra)

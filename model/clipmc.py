@@ -1,9 +1,10 @@
 """The CLIP-MC network (DESIGN.md section 3): CLIP image encoder, ITPG, MCL, frozen text encoder, MC.
 
-Each head is a small named `nn.Module` so that ablations can switch it off. The open_clip CLIP model is
-held whole (`self.clip`); only its image tower trains, the text tower is frozen and run on the
-16-token prompt "A X X X X photo of a X X X X person." whose fixed token embeddings are a constant
-buffer, so no tokenizer and no token table are needed at inference.
+Each head is a small named `nn.Module` so that an ablation (`ModelConfig.ablate`) replaces or removes it.
+The open_clip CLIP model is held whole (`self.clip`); only its image tower trains, the text tower is
+frozen and run on the 16-token prompt "A X X X X photo of a X X X X person." whose fixed token
+embeddings are a constant buffer, so no tokenizer and no token table are needed at inference. With
+the "text" ablation the text tower is deleted: the checkpoint then holds the image encoder only.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ VISIBLE, INFRARED = 0, 1
 
 @dataclass
 class CLIPMCOutput:
-    """Every feature the losses need for one batch."""
+    """Every feature the losses need for one batch; the text-side fields are None without a text encoder."""
 
     f_cls: torch.Tensor  # [B, Wv] CLS token after ln_post
     f_img: torch.Tensor  # [B, D] projected CLS
     patches: torch.Tensor  # [B, L, D] projected patch tokens
-    instance_tokens: torch.Tensor  # [B, M, Wt] ITPG output S
-    t_orig: torch.Tensor  # [B, D] text feature with the image's own modality context
-    t_comp: torch.Tensor  # [B, D] text feature with the other modality's context
-    f_full: torch.Tensor  # [B, D] compensated image feature
+    instance_tokens: torch.Tensor | None  # [B, M, Wt] ITPG output S (or the shared tokens)
+    t_orig: torch.Tensor | None  # [B, D] text feature with the image's own modality context
+    t_comp: torch.Tensor | None  # [B, D] text feature with the other modality's context
+    f_full: torch.Tensor  # [B, D] compensated image feature (f_img when MC is ablated)
     embedding: torch.Tensor  # [B, Wv + D] L2-normalised retrieval vector
+    contexts: torch.Tensor | None = None  # [2, n_ctx, Wt] the modality contexts (visible, infrared)
+    compensation: torch.Tensor | None = None  # [B, D] f_full - f_img, the MC term (None when ablated)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -78,6 +81,31 @@ class ITPG(nn.Module):
         return F.normalize(s, dim=-1) * self.token_norm
 
 
+class SharedInstanceTokens(nn.Module):
+    """`--ablate itpg`: the instance slot holds M learnable tokens shared by every image (CoOp-style),
+    rescaled to the same norm as ITPG's pseudo-words; no image conditioning."""
+
+    def __init__(self, n_tokens: int, token_dim: int, token_norm: float) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(n_tokens, token_dim) * 0.02)
+        self.register_buffer("token_norm", torch.tensor(float(token_norm)))
+
+    def forward(self, f_img: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        s = F.normalize(self.tokens, dim=-1) * self.token_norm
+        return s.unsqueeze(0).expand(f_img.shape[0], -1, -1).to(f_img.dtype)
+
+
+class SharedContext(nn.Module):
+    """`--ablate mcl`: one learnable context for both modalities, so t_orig and t_comp coincide."""
+
+    def __init__(self, n_ctx: int, token_dim: int) -> None:
+        super().__init__()
+        self.ctx = nn.Parameter(torch.randn(1, n_ctx, token_dim) * 0.02)
+
+    def forward(self) -> torch.Tensor:
+        return self.ctx.expand(2, -1, -1)
+
+
 class ModalityContextLearner(nn.Module):
     """MCL: learnable context tokens per modality plus a zero-initialised MLP of the modality's
     running mean image feature; at inference the contexts are a constant [2, n_ctx, Wt]."""
@@ -87,7 +115,9 @@ class ModalityContextLearner(nn.Module):
         self.n_ctx, self.token_dim, self.momentum = n_ctx, token_dim, momentum
         self.ctx = nn.Parameter(torch.randn(2, n_ctx, token_dim) * 0.02)
         self.mlp = nn.Sequential(nn.Linear(feat_dim, feat_dim), nn.GELU(), nn.Linear(feat_dim, n_ctx * token_dim))
-        nn.init.zeros_(self.mlp[-1].weight)
+        # Near zero, not zero: the running-mean shift starts negligible, yet the first layer receives a
+        # gradient at step 0 (behind an all-zero last layer it would receive none until the second step).
+        nn.init.normal_(self.mlp[-1].weight, std=1e-3)
         nn.init.zeros_(self.mlp[-1].bias)
         self.register_buffer("running_mean", torch.zeros(2, feat_dim))
         self.register_buffer("seen", torch.zeros(2, dtype=torch.bool))
@@ -113,7 +143,9 @@ class ModalityContextLearner(nn.Module):
 class ModalityCompensation(nn.Module):
     """MC: f_full = f_img + alpha * g * (W_c t_comp), g = sigmoid(W_g [f_img; t_comp]).
 
-    W_c starts as the identity and alpha at 0, so an untrained model returns plain CLIP features.
+    W_c starts as the identity and alpha at 0, so an untrained model serves plain CLIP features
+    (zero-shot). That init gives W_c, W_g and t_comp no gradient from any f_full loss, so training
+    starts from `start_training(alpha)` with alpha small and non-zero (DESIGN.md section 3).
     """
 
     def __init__(self, dim: int) -> None:
@@ -123,9 +155,23 @@ class ModalityCompensation(nn.Module):
         self.gate = nn.Linear(2 * dim, dim)
         self.alpha = nn.Parameter(torch.zeros(()))
 
-    def forward(self, f_img: torch.Tensor, t_comp: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def start_training(self, alpha: float) -> bool:
+        """Open the compensation for training: set alpha when it is still at its zero-shot 0.
+
+        Returns whether alpha was set (a trained or resumed alpha is left alone)."""
+        if float(self.alpha) != 0.0 or alpha == 0.0:
+            return False
+        self.alpha.fill_(alpha)
+        return True
+
+    def compensation(self, f_img: torch.Tensor, t_comp: torch.Tensor) -> torch.Tensor:
+        """The term MC adds to f_img: alpha * g * W_c t_comp."""
         g = torch.sigmoid(self.gate(torch.cat([f_img, t_comp], dim=-1)))
-        return f_img + self.alpha * g * self.proj(t_comp)
+        return self.alpha * g * self.proj(t_comp)
+
+    def forward(self, f_img: torch.Tensor, t_comp: torch.Tensor) -> torch.Tensor:
+        return f_img + self.compensation(f_img, t_comp)
 
 
 class CLIPMC(nn.Module):
@@ -139,19 +185,41 @@ class CLIPMC(nn.Module):
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
             raise ValueError("CLIP-MC needs a plain ViT image tower (class token, ln_post, projection)")
         d, wt = config.embed_dim, config.text_width
-        with torch.no_grad():
-            token_table = clip.token_embedding.weight
-            token_norm = token_table.norm(dim=-1).mean().item()
-            prompt = token_table[prompt_token_ids.long()].clone()
-        # The fixed prompt words (SOT, "a", "photo", ...): constants, so inference needs no token table.
-        self.register_buffer("prompt_embeddings", prompt)
-        causal = torch.full((PROMPT_LEN, PROMPT_LEN), float("-inf")).triu_(1)
-        self.register_buffer("causal_mask", causal, persistent=False)
-        self.itpg = ITPG(d, wt, config.n_queries, config.itpg_layers, config.itpg_heads, token_norm)
-        self.mcl = ModalityContextLearner(config.n_ctx, wt, d)
-        self.mc = ModalityCompensation(d)
+        self.itpg: nn.Module | None = None
+        self.mcl: nn.Module | None = None
+        self.mc: ModalityCompensation | None = None
+        if config.ablated("text"):
+            _drop_text_tower(clip)
+        else:
+            with torch.no_grad():
+                token_table = clip.token_embedding.weight
+                token_norm = token_table.norm(dim=-1).mean().item()
+                prompt = token_table[prompt_token_ids.long()].clone()
+            # The fixed prompt words (SOT, "a", "photo", ...): constants, so inference needs no token table.
+            self.register_buffer("prompt_embeddings", prompt)
+            causal = torch.full((PROMPT_LEN, PROMPT_LEN), float("-inf")).triu_(1)
+            self.register_buffer("causal_mask", causal, persistent=False)
+            if config.ablated("itpg"):
+                self.itpg = SharedInstanceTokens(config.n_queries, wt, token_norm)
+            else:
+                self.itpg = ITPG(d, wt, config.n_queries, config.itpg_layers, config.itpg_heads, token_norm)
+            if config.ablated("mcl"):
+                self.mcl = SharedContext(config.n_ctx, wt)
+            else:
+                self.mcl = ModalityContextLearner(config.n_ctx, wt, d)
+            if not config.ablated("mc"):
+                self.mc = ModalityCompensation(d)
         for p in self.text_parameters():
             p.requires_grad_(False)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the text side (ITPG, MCL, text encoder) exists (not the "text" ablation)."""
+        return not self.config.ablated("text")
+
+    def start_training(self, alpha: float) -> bool:
+        """Give MC a gradient from step 0 (see `ModalityCompensation.start_training`); False without MC."""
+        return self.mc.start_training(alpha) if self.mc is not None else False
 
     # -- parameter groups -------------------------------------------------------------------------
     def text_parameters(self) -> list[nn.Parameter]:
@@ -163,7 +231,8 @@ class CLIPMC(nn.Module):
         return list(self.clip.visual.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.itpg.parameters(), *self.mcl.parameters(), *self.mc.parameters()]
+        """ITPG, MCL and MC parameters that exist in this (possibly ablated) graph."""
+        return [p for m in (self.itpg, self.mcl, self.mc) if m is not None for p in m.parameters()]
 
     @property
     def embedding_dim(self) -> int:
@@ -218,7 +287,10 @@ class CLIPMC(nn.Module):
         """Training forward: both text features (own and other modality's context)."""
         modality = modality.long()
         f_cls, f_img, patches = self.encode_image(images)
-        if self.training:
+        if self.itpg is None or self.mcl is None:  # no text encoder: the image-only baseline
+            embedding = F.normalize(torch.cat([f_cls, f_img], dim=-1), dim=-1)
+            return CLIPMCOutput(f_cls, f_img, patches, None, None, None, f_img, embedding)
+        if self.training and isinstance(self.mcl, ModalityContextLearner):
             self.mcl.update(f_img.detach(), modality)
         instance = self.itpg(f_img, patches)
         contexts = self.mcl()
@@ -229,21 +301,35 @@ class CLIPMC(nn.Module):
             ]
         )
         t_orig, t_comp = self.encode_prompts(prompts).chunk(2)
-        f_full = self.mc(f_img, t_comp)
+        comp = self.mc.compensation(f_img, t_comp) if self.mc is not None else None
+        f_full = f_img + comp if comp is not None else f_img
         embedding = F.normalize(torch.cat([f_cls, f_full], dim=-1), dim=-1)
-        return CLIPMCOutput(f_cls, f_img, patches, instance, t_orig, t_comp, f_full, embedding)
+        return CLIPMCOutput(f_cls, f_img, patches, instance, t_orig, t_comp, f_full, embedding, contexts, comp)
 
     def embed(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Inference path, one graph: image encoder -> ITPG -> text (other modality's context) -> MC.
 
-        Returns the [N, Wv + D] L2-normalised retrieval vector (1280-d for ViT-B-16).
+        Returns the [N, Wv + D] L2-normalised retrieval vector (1280-d for ViT-B-16). Without MC (the
+        "mc" or "text" ablation) the text side does not reach the vector and is not run.
         """
         f_cls, f_img, patches = self.encode_image(images)
+        if self.mc is None or self.itpg is None or self.mcl is None:
+            return F.normalize(torch.cat([f_cls, f_img], dim=-1), dim=-1)
         instance = self.itpg(f_img, patches)
         other_context = self.mcl()[1 - modality.long()]
         t_comp = self.encode_prompts(self.build_prompts(other_context, instance))
         f_full = self.mc(f_img, t_comp)
         return F.normalize(torch.cat([f_cls, f_full], dim=-1), dim=-1)
+
+
+def _drop_text_tower(clip: nn.Module) -> None:
+    """Delete open_clip's text tower in place (the "text" ablation): no text weights are built into the
+    checkpoint, and nothing can run the tower by accident."""
+    for name in ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection"):
+        if hasattr(clip, name):
+            delattr(clip, name)
+    if "attn_mask" in getattr(clip, "_buffers", {}):
+        del clip._buffers["attn_mask"]
 
 
 class EmbeddingGraph(nn.Module):

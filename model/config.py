@@ -15,6 +15,24 @@ from typing import Any
 
 IMAGE_SIZE = (288, 144)  # (H, W), DESIGN.md section 2
 
+# Modules an ablation can remove (DESIGN.md section 3): "mc" f_full = f_img; "itpg" the instance slot holds
+# learnable tokens shared by all images; "mcl" one context for both modalities; "text" no text encoder at
+# all (the image-only CLIP-ReID-style baseline; implies the other three).
+ABLATIONS = ("mc", "itpg", "mcl", "text")
+
+
+def normalise_ablations(values: object) -> tuple[str, ...]:
+    """Sorted, de-duplicated ablation names; an unknown name is a ValueError naming the allowed ones."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = [values]
+    names = sorted({str(v).strip().lower() for v in values})  # type: ignore[union-attr]
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}: expected any of {list(ABLATIONS)}")
+    return tuple(names)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -28,7 +46,15 @@ class ModelConfig:
     itpg_layers: int = 1
     itpg_heads: int = 8
     n_ctx: int = 4  # MCL context tokens per modality
+    ablate: tuple[str, ...] = ()  # modules removed (ABLATIONS); part of the architecture, so load rebuilds it
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ablate", normalise_ablations(self.ablate))
+
+    def ablated(self, module: str) -> bool:
+        """Whether `module` ("mc", "itpg", "mcl", "text") is removed; no text encoder removes all three heads."""
+        return module in self.ablate or "text" in self.ablate
 
     @property
     def embed_dim(self) -> int:
@@ -58,6 +84,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        d["ablate"] = list(self.ablate)
         return d
 
     @classmethod
@@ -116,5 +143,7 @@ def get_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides: 
     if overrides:
         if "image_size" in overrides and overrides["image_size"] is not None:
             overrides["image_size"] = tuple(overrides["image_size"])
+        if "ablate" in overrides and overrides["ablate"] is not None:
+            overrides["ablate"] = normalise_ablations(overrides["ablate"])
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return cfg

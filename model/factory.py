@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,15 @@ def build_model(
     *,
     cache_dir: str | None = None,
     image_size: tuple[int, int] | None = None,
+    ablate: Sequence[str] | None = None,
 ) -> CLIPMC:
     """Build CLIP-MC.
 
     pretrained: None (random init), an open_clip tag ("openai"), or a local open_clip checkpoint file.
     image_size: override (H, W); default 288 x 144.
+    ablate: modules to remove ("mc", "itpg", "mcl", "text"; see config.ABLATIONS); default none.
     """
-    config = get_config(name_or_config, image_size=image_size)
+    config = get_config(name_or_config, image_size=image_size, ablate=ablate)
     path = resolve_pretrained(config, pretrained, cache_dir) if pretrained else None  # fail before building
     clip = build_clip(config)
     if path:

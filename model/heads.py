@@ -23,9 +23,13 @@ class BNNeckClassifier(nn.Module):
 
 
 class TrainingHeads(nn.Module):
-    def __init__(self, vision_width: int, embed_dim: int, num_classes: int) -> None:
+    """BN-neck identity classifiers on f_cls, f_img, f_full and the modality classifier of the context
+    tokens (token width `text_width`: it reads the MCL contexts themselves, not a text feature that also
+    carries the instance tokens)."""
+
+    def __init__(self, vision_width: int, embed_dim: int, num_classes: int, text_width: int | None = None) -> None:
         super().__init__()
         self.id_cls = BNNeckClassifier(vision_width, num_classes)
         self.id_img = BNNeckClassifier(embed_dim, num_classes)
         self.id_full = BNNeckClassifier(embed_dim, num_classes)
-        self.modality = nn.Linear(embed_dim, 2)
+        self.modality = nn.Linear(text_width or embed_dim, 2)

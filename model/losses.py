@@ -69,3 +69,13 @@ def compensation_loss(
         return t.sum() * 0
     target = F.normalize((mask @ f)[has] / mask.sum(1, keepdim=True)[has], dim=1)
     return (1 - (t[has] * target).sum(1)).mean()
+
+
+def context_modality_loss(contexts: torch.Tensor, classifier: nn.Module) -> torch.Tensor:
+    """Modality classification of the context tokens themselves: every token of the visible context
+    [0] is labelled visible, every token of the infrared context [1] infrared. Unlike a classifier on
+    t_orig (which also carries the instance tokens), it is met only by contexts that differ."""
+    n_mod, n_ctx, width = contexts.shape
+    logits = classifier(contexts.reshape(n_mod * n_ctx, width).float())
+    labels = torch.arange(n_mod, device=contexts.device).repeat_interleave(n_ctx)
+    return F.cross_entropy(logits, labels)

@@ -122,6 +122,9 @@ class EvaluationResults:
             lines.append(f"| {self.dataset} | {name} | {trials} | " + " | ".join(f"{mean[k]:.2f}" for k in keys) + " |")
         lines.append(f"\nRules: {PROTOCOLS_DOC} (camera rule, CMC, trials and gallery sampling per setting).")
         lines.append(f"**{self.reranking['label'].upper()}**" if self.reranking else "Not re-ranked.")
+        for name, s in self.settings.items():
+            if "vis2ir" in s.description:  # LLCM VIS->IR: say which way it was computed
+                lines.append(f"{self.dataset} {name}: {s.description['vis2ir']}.")
         return "\n".join(lines)
 
 

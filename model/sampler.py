@@ -15,7 +15,8 @@ from .data.records import INFRARED, VISIBLE, Record
 class IdentityModalitySampler:
     """Batch sampler over a record list; yields lists of indices, P * 2K per batch.
 
-    Epoch length follows the larger modality: ceil(max(n_visible, n_infrared) / (P * K)) batches.
+    Epoch length follows the larger modality: ceil(max(n_visible, n_infrared) / (P * K)) batches. The P
+    identities of a batch are always distinct.
     The stream is a pure function of (seed, epoch), so resuming at an epoch reproduces its batches.
     """
 
@@ -47,12 +48,24 @@ class IdentityModalitySampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         order: list[int] = []
         for _ in range(self.num_batches):
-            if len(order) < self.p:  # walk through identities in shuffled passes
-                order.extend(rng.permutation(self.pids).tolist())
-            chosen, order = order[: self.p], order[self.p :]
+            chosen = self._take_distinct(order, rng)
             batch: list[int] = []
             for pid in chosen:
                 for modality in (VISIBLE, INFRARED):
                     pool = self.index[pid][modality]
                     batch.extend(rng.choice(pool, size=self.k, replace=len(pool) < self.k).tolist())
             yield batch
+
+    def _take_distinct(self, order: list[int], rng: np.random.Generator) -> list[int]:
+        """P distinct identities from the front of `order` (shuffled passes over the identities, refilled
+        in place). Where one pass ends and the next begins, an identity already in the batch is deferred
+        to the front of the queue instead of repeating: a batch never holds one identity twice."""
+        chosen: list[int] = []
+        deferred: list[int] = []
+        while len(chosen) < self.p:
+            if not order:
+                order.extend(rng.permutation(self.pids).tolist())
+            pid = order.pop(0)
+            (deferred if pid in chosen else chosen).append(pid)
+        order[:0] = deferred
+        return chosen

@@ -1,9 +1,13 @@
 """One-stage CLIP-MC training (DESIGN.md section 4): sampler, augmentations, losses, optimiser groups,
-warm-up and step schedule, mixed precision on CUDA, a checkpoint each epoch plus the best, resume, a
-progress bar with the losses, CSV and TensorBoard logs.
+warm-up and step schedule, mixed precision on CUDA, a checkpoint each epoch plus the best on the
+validation identities, resume, a progress bar with the losses, CSV and TensorBoard logs.
+
+`best/` is chosen on validation identities only (never the test set): the `evaluate` callable the CLI
+passes scores a held-out set (SYSU-MM01 exp/val_id.txt; a seeded share of the RegDB/LLCM training
+identities). Without it (`selection: "last"`) only `last/` is written.
 
     out/
-      last/  best/            inference checkpoints (model.save_checkpoint)
+      last/  best/            inference checkpoints (model.save_checkpoint); best/ records `selection`
       trainer_state.pt        optimiser, scheduler, heads, epoch, RNG states: what `--resume` restores
       train_log.csv           one row per epoch
       tensorboard/            per-step scalars
@@ -28,14 +32,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from clipmc.contract import atomic_write
+
 from .checkpoint import save_checkpoint
-from .clipmc import CLIPMC
+from .clipmc import CLIPMC, CLIPMCOutput
 from .data.records import Record
 from .heads import TrainingHeads
 from .losses import (
     LabelSmoothingCE,
     batch_hard_triplet,
     compensation_loss,
+    context_modality_loss,
     cross_modality_center_loss,
     identity_contrastive,
 )
@@ -67,6 +74,12 @@ class TrainConfig:
     workers: int = 4
     amp: bool = True
     seed: int = 0
+    deterministic: bool = False  # one CPU thread, deterministic algorithms, no cuDNN autotune / TF32
+    ablate: tuple[str, ...] = ()  # modules removed from the architecture (config.ABLATIONS)
+    alpha_init: float = 0.25  # MC alpha when training starts (0, the zero-shot init, gives MC no gradient)
+    lr_alpha: float = 1e-3  # alpha's own learning rate (no weight decay)
+    selection: str = "val"  # "val": best/ on validation identities; "last": train on all, keep last/
+    holdout: float = 0.1  # RegDB/LLCM: share of training identities held out for selection (seeded)
     eval_every: int = 5
     eval_trials: int = 1
     label_smoothing: float = 0.1
@@ -106,12 +119,25 @@ class TrainConfig:
         if cfg.image_size is not None:
             cfg.image_size = tuple(cfg.image_size)  # type: ignore[assignment]
         cfg.milestones = tuple(cfg.milestones)
+        from .config import normalise_ablations
+
+        cfg.ablate = normalise_ablations(cfg.ablate)
+        if cfg.selection not in SELECTIONS:
+            raise ValueError(f"{source}: selection must be one of {list(SELECTIONS)}, got {cfg.selection!r}")
+        if not 0 < cfg.holdout < 1:
+            raise ValueError(f"{source}: holdout must be a fraction in (0, 1), got {cfg.holdout!r}")
         if "loss_weights" in data:
             cfg.loss_weights = {**cls().loss_weights, **data["loss_weights"]}
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["ablate"] = list(self.ablate)
+        return d
+
+
+SELECTIONS = ("val", "last")
+SELECTION_METRIC = "mAP"  # best/ maximises the validation mAP
 
 
 class TrainImages(Dataset):
@@ -156,14 +182,23 @@ class Trainer:
         device: str | torch.device = "cpu",
         evaluate: EvalFn | None = None,
         dataset_info: dict[str, Any] | None = None,
+        selection_split: str | None = None,
     ) -> None:
+        """`evaluate` scores the model on validation identities (never the test set) and picks `best/`;
+        `selection_split` names them in best/config.json's `selection` record."""
         self.model, self.cfg, self.out = model, cfg, Path(out_dir)
         self.device = torch.device(device)
         self.evaluate_fn, self.dataset_info = evaluate, dataset_info or {}
+        self.selection_split = selection_split or ("validation" if evaluate else "none (last epoch)")
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
+        # Compensation that learns from step 0: alpha leaves its zero-shot 0 (kept if already trained).
+        if model.start_training(cfg.alpha_init):
+            log.info("MC alpha set to %g for training (zero-shot init is 0)", cfg.alpha_init)
         self.model.to(self.device)
-        self.heads = TrainingHeads(model.config.vision_width, model.config.embed_dim, num_classes).to(self.device)
+        self.heads = TrainingHeads(
+            model.config.vision_width, model.config.embed_dim, num_classes, model.config.text_width
+        ).to(self.device)
         self.sampler = IdentityModalitySampler(train_records, cfg.num_ids, cfg.num_per_modality, seed=cfg.seed)
         transform = TrainTransform(model.config.image_size, seed=cfg.seed)
         self.loader = DataLoader(
@@ -174,13 +209,15 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        self.optimizer = torch.optim.Adam(
-            [
-                {"params": model.image_encoder_parameters(), "lr": cfg.lr_encoder, "name": "image_encoder"},
-                {"params": [*model.head_parameters(), *self.heads.parameters()], "lr": cfg.lr_heads, "name": "heads"},
-            ],
-            weight_decay=cfg.weight_decay,
-        )
+        alpha = [model.mc.alpha] if model.mc is not None else []
+        heads = [p for p in [*model.head_parameters(), *self.heads.parameters()] if all(p is not a for a in alpha)]
+        groups = [
+            {"params": model.image_encoder_parameters(), "lr": cfg.lr_encoder, "name": "image_encoder"},
+            {"params": heads, "lr": cfg.lr_heads, "name": "heads"},
+        ]
+        if alpha:  # its own learning rate, and no weight decay pulling it back to the inert 0
+            groups.append({"params": alpha, "lr": cfg.lr_alpha, "weight_decay": 0.0, "name": "mc_alpha"})
+        self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: lr_factor(e, cfg.warmup_epochs, cfg.milestones, cfg.gamma)
         )
@@ -194,6 +231,14 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def losses(self, images: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of one batch (and their weighted sum, "total")."""
+        return self.forward_losses(images, labels, modality)[0]
+
+    def forward_losses(
+        self, images: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], CLIPMCOutput]:
+        """Loss terms and the model output. Terms whose module is ablated are absent: no text encoder
+        drops itc, compensation and modality; a shared context (no MCL) drops the context classifier."""
         cfg = self.cfg
         out = self.model(images, modality)
         h = self.heads
@@ -205,13 +250,15 @@ class Trainer:
             "tri_img": batch_hard_triplet(out.f_img, labels, cfg.margin),
             "tri_full": batch_hard_triplet(out.f_full, labels, cfg.margin),
             "cross_modality": cross_modality_center_loss(out.f_full, labels, modality),
-            "itc": identity_contrastive(out.f_img, out.t_orig, labels),
-            "compensation": compensation_loss(out.t_comp, out.f_img, labels, modality),
-            "modality": torch.nn.functional.cross_entropy(h.modality(out.t_orig.float()), modality),
         }
+        if out.t_orig is not None and out.t_comp is not None:
+            terms["itc"] = identity_contrastive(out.f_img, out.t_orig, labels)
+            terms["compensation"] = compensation_loss(out.t_comp, out.f_img, labels, modality)
+        if out.contexts is not None and not self.model.config.ablated("mcl"):
+            terms["modality"] = context_modality_loss(out.contexts, h.modality)
         weights = cfg.loss_weights
         terms["total"] = sum(weights.get(k, 0.0) * v for k, v in terms.items())
-        return terms
+        return terms, out
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
@@ -229,7 +276,11 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)
             labels, modality = labels.to(self.device), modality.to(self.device)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.use_amp):
-                terms = self.losses(images, labels, modality)
+                terms, out = self.forward_losses(images, labels, modality)
+            if out.compensation is not None:  # MC's share of ||f_full||, logged per epoch
+                with torch.no_grad():
+                    share = out.compensation.float().norm(dim=1) / out.f_full.float().norm(dim=1).clamp_min(1e-12)
+                    sums["comp_share"] += float(share.mean())
             loss = terms["total"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}")
@@ -243,10 +294,7 @@ class Trainer:
             n += 1
             bar.update(1)
             bar.set_postfix(
-                loss=f"{sums['total'] / n:.3f}",
-                id=f"{values['id_full']:.2f}",
-                tri=f"{values['tri_full']:.2f}",
-                comp=f"{values['compensation']:.2f}",
+                loss=f"{sums['total'] / n:.3f}", id=f"{values['id_full']:.2f}", tri=f"{values['tri_full']:.2f}"
             )
             if self.tb is not None:
                 for k, v in values.items():
@@ -269,7 +317,10 @@ class Trainer:
                 }
                 row.update(self.train_epoch(epoch))
                 self.scheduler.step()
-                row["alpha"] = float(self.model.mc.alpha.detach())
+                if self.model.mc is not None:  # the compensation's strength, every epoch
+                    row["alpha"] = float(self.model.mc.alpha.detach())
+                    self.tb.add_scalar("mc/alpha", row["alpha"], epoch + 1)
+                    self.tb.add_scalar("mc/comp_share", row["comp_share"], epoch + 1)
                 metrics: dict[str, float] = {}
                 last = epoch + 1 == self.cfg.epochs
                 if self.evaluate_fn and (last or (self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0)):
@@ -291,18 +342,23 @@ class Trainer:
         return {"epoch": epoch, "training_args": self.cfg.to_dict(), "dataset": self.dataset_info, "metrics": metrics}
 
     def _save(self, epoch: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(self.model, self.out / "last", **self._metadata(epoch, metrics))
-        score = metrics.get("mAP")
-        if score is not None and score > self.best.get("mAP", -math.inf):
+        meta = self._metadata(epoch, metrics)
+        if not self.evaluate_fn:
+            meta["selection"] = self.selection_record(epoch, None)
+        save_checkpoint(self.model, self.out / "last", **meta)
+        score = metrics.get(SELECTION_METRIC)
+        if score is not None and score > self.best.get(SELECTION_METRIC, -math.inf):
             self.best = {"epoch": epoch, **metrics}
             tmp = self.out / ".best.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(self.out / "last", tmp)
+            # The weights are last/'s; config.json gains the record of how they were chosen.
+            cfg_path = tmp / "config.json"
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+            config["metadata"]["selection"] = self.selection_record(epoch, score)
+            atomic_write(cfg_path, json.dumps(config, indent=2, default=str))
             shutil.rmtree(self.out / "best", ignore_errors=True)
             tmp.rename(self.out / "best")
-        elif not self.evaluate_fn and epoch == self.cfg.epochs:
-            shutil.rmtree(self.out / "best", ignore_errors=True)
-            shutil.copytree(self.out / "last", self.out / "best")
         state = {
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -318,6 +374,15 @@ class Trainer:
         tmp_state = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp_state)
         tmp_state.replace(self.out / STATE_FILE)
+
+    def selection_record(self, epoch: int, value: float | None) -> dict[str, Any]:
+        """How a checkpoint was chosen: {"split", "metric", "value", "epoch"} (metric None for last/)."""
+        return {
+            "split": self.selection_split,
+            "metric": SELECTION_METRIC if value is not None else None,
+            "value": value,
+            "epoch": epoch,
+        }
 
     def resume(self) -> int:
         """Restore optimiser, scheduler, heads, RNGs and epoch from `out/`; returns the next epoch."""
@@ -367,5 +432,5 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _fmt(row: dict[str, Any]) -> str:
-    keys = ("total", "id_full", "tri_full", "compensation", "alpha", "eval_R1", "eval_mAP", "seconds")
+    keys = ("total", "id_full", "tri_full", "compensation", "alpha", "comp_share", "eval_R1", "eval_mAP", "seconds")
     return " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)

@@ -1,4 +1,10 @@
-"""The embedding_version string: architecture + weights hash + preprocessing (DESIGN.md section 2)."""
+"""The embedding_version string: architecture + inference-code revision + weights hash + preprocessing
+(DESIGN.md section 2).
+
+`INFERENCE_REVISION` names the revision of the inference graph (`CLIPMC.embed` and everything it calls).
+Bump it whenever a code change alters the vectors that given weights produce; tests/test_golden.py holds
+a stored vector of the tiny model and fails when the vectors change while the revision does not.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +27,20 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+# r2: MC's compensation term factored out (same vectors), MCL's last layer near-zero instead of zero
+# init, ablations in the architecture. Bump on any change that alters vectors for given weights.
+INFERENCE_REVISION = 2
+
+
 def preprocess_config(config: ModelConfig) -> PreprocessConfig:
     return PreprocessConfig(height=config.image_size[0], width=config.image_size[1])
 
 
 def embedding_version(config: ModelConfig, digest: str) -> str:
-    """e.g. "clipmc-vit-b-16.w3f2a9c1d0e4b.288x144-bicubic-clipnorm"."""
-    return f"clipmc-{config.name}.w{digest[:12]}.{preprocess_config(config).tag}"
+    """e.g. "clipmc-vit-b-16.r2.w3f2a9c1d0e4b.288x144-bicubic-clipnorm"; an ablated architecture says so
+    ("clipmc-tiny-no-mc.r2...")."""
+    arch = config.name + (f"-no-{'-'.join(config.ablate)}" if config.ablate else "")
+    return f"clipmc-{arch}.r{INFERENCE_REVISION}.w{digest[:12]}.{preprocess_config(config).tag}"
 
 
 def compute_embedding_version(model: torch.nn.Module) -> str:

@@ -23,7 +23,7 @@ def test_round_trip_gives_identical_vectors(tiny_checkpoint):
     cfg = read_checkpoint_config(tiny_checkpoint)
     assert cfg["embedding_version"] == a.embedding_version
     assert (
-        cfg["embedding_version"].startswith("clipmc-tiny.w") and "288x144-bicubic-clipnorm" in cfg["embedding_version"]
+        cfg["embedding_version"].startswith("clipmc-tiny.r") and "288x144-bicubic-clipnorm" in cfg["embedding_version"]
     )
     assert cfg["metadata"]["note"] == "test fixture"
     assert a.mc.alpha.item() == pytest.approx(0.7)

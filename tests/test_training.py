@@ -196,7 +196,7 @@ def test_train_cli_bad_dataset_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("layout", ["regdb", "llcm"])
 def test_train_and_evaluate_cli_on_regdb_and_llcm_layouts(tmp_path, layout):
-    """Training-time evaluation uses each protocol's own trials (for RegDB: the loaded split)."""
+    """Training-time selection holds out a seeded share of the training identities (never test ones)."""
     from clipmc.cli import main
     from clipmc.model.synth import generate
 
@@ -207,8 +207,8 @@ def test_train_and_evaluate_cli_on_regdb_and_llcm_layouts(tmp_path, layout):
     args = _train_args(tmp_path, root, out, epochs=1)
     args[args.index("sysu")] = layout
     assert main([*args, *split]) == 0
-    meta = json.loads((out / "last" / "config.json").read_text())["metadata"]
-    assert meta["dataset"]["eval_trials"] == ([2] if layout == "regdb" else [0])
+    selection = json.loads((out / "best" / "config.json").read_text())["metadata"]["selection"]
+    assert "held out" in selection["split"] and selection["metric"] == "mAP" and selection["epoch"] == 1
     ev = ["evaluate", "--checkpoint", str(out / "best"), "--dataset", layout, "--data-root", str(root),
           "--workers", "0", "--out", str(tmp_path / "eval"), *split]  # fmt: skip
     if layout == "llcm":

@@ -1,6 +1,7 @@
 """SYSU-MM01 reader: ``cam1..cam6/<4-digit id>/<file>`` and ``exp/{train,val,test}_id.txt``.
 
-Training uses the train + val identities (395 classes on the real set); evaluation follows
+Training uses the train + val identities (395 classes on the real set) when the last epoch is kept, and the
+train identities only when `best/` is selected on the val identities (model.data.selection); evaluation follows
 ../shared/PROTOCOLS.md: queries are every cam3 and cam6 image of the test ids (the same in every trial
 and in both modes), the gallery is one image per (identity, visible camera) drawn with
 ``random.seed(trial)`` over cameras [1, 2, 4, 5] (all-search) or [1, 2] (indoor-search).
@@ -36,6 +37,7 @@ class SYSUDataset(ReIDDataset):
         exp = require_dir(self.root / "exp", "SYSU-MM01 split folder")
         train_ids = read_id_list(exp / "train_id.txt")
         val_ids = read_id_list(exp / "val_id.txt")
+        self.train_ids, self.val_ids = train_ids, val_ids
         self.test_ids = read_id_list(exp / "test_id.txt")
         trainval = train_ids + val_ids
         if len(set(trainval)) != len(trainval):
