@@ -16,6 +16,7 @@ from importlib import import_module
 COMMAND_MODULES = (
     "clipmc.model.cli",
     "clipmc.model.cli_data",
+    "clipmc.model.cli_calibrate",
     "clipmc.export.cli",
     "clipmc.gallery.cli",
     "clipmc.service.commands",
