@@ -47,6 +47,7 @@ from clipmc.service.errors import APIError, InputError, PayloadTooLarge, install
 from clipmc.service.images import DecodedImage, ImageLimits, decode_base64, decode_image
 from clipmc.service.limits import BodySizeLimitMiddleware
 from clipmc.service.metrics import Metrics, MetricsMiddleware
+from clipmc.service.search_batching import SearchBatcher
 from clipmc.service.settings import Settings
 from clipmc.service.thumbnails import ThumbnailStore
 
@@ -116,6 +117,7 @@ class ServiceState:
     owns_embedder: bool = False  # built at start-up, so closed at shutdown (what was passed in, the caller closes)
     owns_gallery: bool = False
     batcher: DynamicBatcher | None = None
+    searcher: SearchBatcher | None = None
     thumbnails: ThumbnailStore | None = None
     executor: concurrent.futures.ThreadPoolExecutor | None = None
     ready: bool = False
@@ -215,6 +217,8 @@ async def _start(state: ServiceState) -> None:
         metrics=state.metrics,
     )
     state.batcher.start()
+    state.searcher = SearchBatcher(state.gallery.search, max_batch=settings.search_max_batch)
+    state.searcher.start()
     state.metrics.info.labels(embedder.embedding_version, embedder.backend, str(embedder.embedding_dim)).set(1)
     state.status = f"warming up the model at batch sizes {list(embedder.batch_sizes)}"
     state.warmup_task = asyncio.get_running_loop().create_task(_warm_up(state), name="clipmc-warmup")
@@ -253,6 +257,8 @@ async def _stop(state: ServiceState) -> None:
             await state.warmup_task
     if state.batcher is not None:
         await state.batcher.stop()
+    if state.searcher is not None:
+        await state.searcher.stop()
     if state.executor is not None:
         await run_in_threadpool(state.executor.shutdown, True)
     if state.owns_gallery and state.gallery is not None:
@@ -444,7 +450,7 @@ def _add_routes(app: FastAPI) -> None:
     async def query(request: Request) -> Any:
         start = time.perf_counter()
         state = get_state(request)
-        embedder, gallery, batcher = state.require_ready()
+        embedder, _gallery, batcher = state.require_ready()
         params, data = await _parse_query(request, state.settings)
         decoded = await run_in_threadpool(decode_image, data, state.limits, embedder.image_size, what="image")
         query_code = schemas.MODALITY_CODES[params.modality]
@@ -457,7 +463,8 @@ def _add_routes(app: FastAPI) -> None:
             until=params.until,
         )
         search_start = time.perf_counter()
-        hits = (await run_in_threadpool(gallery.search, vector, params.top_k, filters))[0]
+        assert state.searcher is not None  # started with the batcher
+        hits = await state.searcher.search(vector, params.top_k, filters)
         state.metrics.search_latency.observe(time.perf_counter() - search_start)
         return {
             "query_modality": params.modality,

@@ -150,6 +150,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     max_queue: int = Field(1024, ge=1)
+    search_max_batch: int = Field(64, ge=1, le=1024, description="most /query searches run as one batch (1: off)")
 
     # auth
     api_keys: Annotated[list[APIKey], NoDecode] = Field(default_factory=list)
