@@ -184,4 +184,4 @@ class Fp16ExactScan:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"codes": "fp16", "shards": self.shards, "candidates": self.candidates}
+        return {"codes": "fp16", "shards": self.shards, "candidates": self.candidates, "widened": self.widened}

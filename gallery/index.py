@@ -178,6 +178,12 @@ class VectorIndex:
         self._scan = Fp16ExactScan.from_flat(self.cpu, shards, candidates)
         logger.info("fp16 exact scan over %d vectors in %d shards", self._scan.ntotal, self._scan.shards)
 
+    def detach_scan(self) -> None:
+        """Stop using (and free) the fp16 copy: exact searches go to the float32 index again."""
+        if self._scan is not None:
+            self._scan.close()
+            self._scan = None
+
     # -- GPU mirror -------------------------------------------------------------------------------
 
     def to_gpu(self, device: int = 0) -> None:
@@ -201,8 +207,7 @@ class VectorIndex:
     def release(self) -> None:
         """Drop the GPU copy and stop the fp16 scan's threads (an index being replaced or closed)."""
         self.release_gpu()
-        if self._scan is not None:
-            self._scan.close()
+        self.detach_scan()
 
     # -- contents ---------------------------------------------------------------------------------
 

@@ -146,7 +146,7 @@ def test_gallery_fp16_scan_equals_float32_gallery(tmp_path: Path) -> None:
     ):
         fast.add(items)
         slow.add(items)
-        assert fast.stats()["index"]["exact_scan"] == {"codes": "fp16", "shards": 2, "candidates": 256}
+        assert fast.stats()["index"]["exact_scan"] == {"codes": "fp16", "shards": 2, "candidates": 256, "widened": 0}
         assert slow.stats()["index"]["exact_scan"] is None
         assert_hits_equal(hits(fast), hits(slow))
         fast.remove(list(range(1, 200, 3)))
