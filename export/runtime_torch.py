@@ -75,6 +75,9 @@ class TorchEmbedder(Embedder):
                 dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
                 with torch.autocast(self._torch_device.type, dtype=dtype):
                     out = self._graph(images, modality)
+                # CPU autocast runs the final L2 normalisation in bf16 (its fp32 op list differs from CUDA's),
+                # leaving norms ~1e-3 off: renormalise in fp32 so every runtime returns contract vectors.
+                out = torch.nn.functional.normalize(out.float(), dim=-1)
             else:
                 out = self._graph(images, modality)
         return out.float()
