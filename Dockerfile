@@ -5,7 +5,7 @@
 #   docker build -t clipmc:0.1.0 .          # or: docker compose build
 #
 # Two stages on the same NVIDIA base. The builder makes a virtual environment in /opt/venv from the
-# pinned docker/requirements.txt (torch with its CUDA 13 libraries, onnxruntime-gpu, faiss-cpu: see the
+# pinned docker/requirements.txt (torch with its CUDA 13 libraries, onnxruntime-gpu, faiss-gpu-cuvs: see the
 # notes there) and installs the project into it without dependencies. The runtime stage copies only
 # that venv: no apt lists, pip cache, source tree or build tools. TensorRT (the C++ libraries, trtexec
 # and the Python bindings) comes from the base image; the venv sees the base's `tensorrt` module through
@@ -49,7 +49,7 @@ COPY service /src/service
 RUN /opt/venv/bin/python -m pip install --no-deps /src \
     && /opt/venv/bin/python -c "import tensorrt as trt; v = trt.__version__; assert v.split('.')[0] == '10', f'TensorRT 10 expected in the base image, found {v}'; print('TensorRT', v)" \
     && /opt/venv/bin/clipmc --help > /dev/null \
-    && /opt/venv/bin/python -c "import clipmc.export, clipmc.gallery, clipmc.model, clipmc.service.app; import faiss, onnxruntime, torch"
+    && /opt/venv/bin/python -c "import clipmc.export, clipmc.gallery, clipmc.model, clipmc.service.app; import faiss, onnxruntime, torch; from cuda.bindings import runtime; assert hasattr(faiss, 'GpuIndexCagra'), 'faiss-gpu-cuvs expected'"
 
 FROM ${BASE_IMAGE} AS runtime
 

@@ -1,6 +1,7 @@
 """Embedding throughput and latency per runtime and batch size (DESIGN.md section 6).
 
     python benchmarks/embed.py                                   # vit-b-16, random init, torch vs onnxruntime
+    python benchmarks/embed.py --precisions fp32,bf16,int8        # CPU: + torch bf16 autocast, ORT INT8, parity
     python benchmarks/embed.py --device cuda --precisions fp32,fp16 --batch-sizes 1,2,4,8,16,32,64,128,256
     python benchmarks/embed.py --device cuda --backends torch --compile reduce-overhead   # CUDA graphs
 
@@ -43,7 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backends", default="torch,onnxruntime", help="comma list: torch, onnxruntime, tensorrt (default: two)"
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--precisions", default="fp32", help="comma list of fp32, fp16 (fp16 on CUDA only)")
+    p.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma list of fp32, fp16 (CUDA only), bf16 (torch autocast), int8 (ONNX Runtime dynamic INT8)",
+    )
+    p.add_argument(
+        "--parity-images",
+        type=int,
+        default=48,
+        help="synthetic crops (half visible, half infrared) embedded by every runtime and compared with torch "
+        "fp32: cosine and top-10 agreement (0: skip)",
+    )
     p.add_argument("--batch-sizes", default=None, help="comma list (default: 1,8 on CPU; 1,2,4,...,256 on CUDA)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per point")
     p.add_argument("--min-iters", type=int, default=5, help="timed calls per point, at least")
@@ -166,7 +178,28 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
         for precision in precisions:
             label = f"{backend}/{precision}"
             try:
-                if backend == "torch":
+                if backend == "onnxruntime" and precision == "int8":
+                    from clipmc.export.quantize import quantize_int8
+                    from clipmc.export.runtime_ort import OnnxRuntimeEmbedder
+
+                    int8_path = workdir / "model.int8.onnx"
+                    if not int8_path.is_file():
+                        quantize_int8(onnx_file(), int8_path)
+                    runtimes.append(
+                        (
+                            "onnxruntime-cpu/int8",
+                            OnnxRuntimeEmbedder(
+                                int8_path,
+                                device="cpu",
+                                precision="int8",
+                                batch_sizes=sizes,
+                                intra_op_threads=args.threads,
+                            ),
+                        )
+                    )
+                elif backend == "torch" and precision == "int8":
+                    skipped[label] = "int8 runs in ONNX Runtime"
+                elif backend == "torch":
                     runtimes.append(
                         (
                             label,
@@ -227,6 +260,50 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
     return runtimes, {"skipped": skipped, "embedding_version": version, "architecture": model.config.name}
 
 
+def parity_set(n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` synthetic person crops (model.synth, SYSU-like cameras), half visible and half infrared, of
+    ``n // 4`` identities: (uint8 [n, H, W, 3], modality [n])."""
+    from clipmc.model.synth import render_image
+
+    crops, modality = [], []
+    for i in range(n):
+        infrared = i % 2
+        camera = (3, 6)[i // 2 % 2] if infrared else (1, 2, 4, 5)[i // 2 % 4]
+        crops.append(render_image(7, "sysu", 1 + (i // 2) % max(1, n // 4), camera, infrared, i, size=size))
+        modality.append(infrared)
+    return np.stack(crops), np.asarray(modality, dtype=np.int64)
+
+
+def parity(runtimes: list[tuple[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Each runtime's vectors against torch fp32's on the same crops: cosine (mean, min) and the agreement
+    of the top-10 gallery neighbours of every infrared query among the visible crops (cross-modality, as
+    the service searches). With random weights this is numerical agreement, not accuracy."""
+    reference = next((emb for label, emb in runtimes if label == "torch/fp32"), None)
+    if reference is None or n < 4:
+        return []
+    images, modality = parity_set(n, reference.image_size)
+    want = reference.embed(images, modality)
+    queries, gallery = modality == 1, modality == 0
+    k = min(10, int(gallery.sum()))
+
+    def top(v: np.ndarray) -> np.ndarray:
+        return np.argsort(-(v[queries] @ v[gallery].T), axis=1)[:, :k]
+
+    ref_top = top(want)
+    rows = []
+    for label, emb in runtimes:
+        if label == "torch/fp32":
+            continue
+        got = emb.embed(images, modality)
+        cos = (got * want).sum(axis=1)
+        agree = np.mean([len(set(a) & set(b)) / k for a, b in zip(top(got), ref_top, strict=True)])
+        rows.append(
+            {"runtime": label, "images": n, "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "top10": agree}
+        )
+        log.info("parity %s: cosine mean %.5f min %.5f, top-10 agreement %.3f", label, cos.mean(), cos.min(), agree)
+    return rows
+
+
 def parse_sizes(text: str | None, device: str) -> tuple[int, ...]:
     if text is None:
         return (1, 8) if device == "cpu" else tuple(2**i for i in range(9))
@@ -243,14 +320,14 @@ def write_outputs(result: dict[str, Any], out: Path, name: str) -> dict[str, Pat
 
 
 def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """ONNX Runtime / torch throughput at the same precision and batch size."""
+    """Throughput of every runtime / torch fp32 (the reference runtime, and the old service default) at the
+    same batch size."""
     rows = []
     by_key = {(r["runtime"], r["batch"]): r for r in result["results"]}
     for (runtime, batch), r in sorted(by_key.items()):
-        if not runtime.startswith("onnxruntime"):
+        if runtime == "torch/fp32":
             continue
-        precision = runtime.split("/")[-1]
-        ref = by_key.get((f"torch/{precision}", batch))
+        ref = by_key.get(("torch/fp32", batch))
         if ref:
             rows.append(
                 {"runtime": runtime, "batch": batch, "throughput_ratio": r["images_per_s"] / ref["images_per_s"]}
@@ -276,8 +353,22 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['iters']} |"
         )
     if result["ratios"]:
-        lines += ["", "ONNX Runtime / torch throughput (same precision and batch):", ""]
+        lines += ["", "Throughput relative to torch fp32 eager (same batch, same run):", ""]
         lines += [f"- {r['runtime']} batch {r['batch']}: x{r['throughput_ratio']:.2f}" for r in result["ratios"]]
+    if result.get("parity"):
+        lines += [
+            "",
+            f"Parity with torch fp32 on {result['parity'][0]['images']} synthetic crops (model.synth; "
+            f"{result['weights']} weights, so this is numerical agreement, not accuracy): cosine of each vector "
+            "with torch fp32's, and the overlap of the top-10 visible neighbours of every infrared crop.",
+            "",
+            "| runtime | cosine mean | cosine min | top-10 agreement |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {p['runtime']} | {p['cos_mean']:.5f} | {p['cos_min']:.5f} | {p['top10']:.3f} |"
+            for p in result["parity"]
+        ]
     if result["skipped"]:
         lines += ["", "Not run here:", ""]
         lines += [f"- {k}: {v}" for k, v in result["skipped"].items()]
@@ -332,6 +423,7 @@ def _run(args: argparse.Namespace, device: str) -> dict[str, Any]:
         if not runtimes:
             raise SystemExit(f"nothing to run: {info['skipped']}")
         machine = machine_info(device)
+        agreement = parity(runtimes, args.parity_images)
         results = []
         for label, embedder in runtimes:
             for batch in embedder.batch_sizes:
@@ -355,6 +447,7 @@ def _run(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
         "skipped": info["skipped"],
+        "parity": agreement,
         "note": "Inputs: preprocessed float32 batches, fresh random values. Other processes shared the CPU: "
         "see load_average; compare runtimes measured in the same run only.",
     }

@@ -1,9 +1,13 @@
-"""Gallery search benchmark: exact FAISS vs NumPy brute force, IVF recall vs speed, ingest throughput.
+"""Gallery search benchmark: exact search vs NumPy brute force, IVF recall vs speed, coalescing, ingest.
 
 For each gallery size it generates unit vectors (float32 everywhere, NumPy included) and measures:
 
 - single-query latency (p50, p99) and batched throughput of NumPy brute force (``X @ q`` + partial
-  sort) and of exact FAISS (``IndexFlatIP``);
+  sort), of FAISS ``IndexFlatIP`` (the gallery's exact search until issue 15) and of the gallery's exact
+  search now (an fp16 copy scanned in parallel shards, then a proven float32 re-rank:
+  gallery/exact_scan.py), with its agreement with float32 exact search and its memory per item;
+- search coalescing: ``--clients`` concurrent clients through the service's ``SearchBatcher``, one query
+  per search call against coalesced batches (the two modes alternating);
 - IVF (``IndexIVFFlat``, about sqrt(n) lists): recall@10 against the exact top-10, and speed, for a
   few ``nprobe`` values;
 - ingest throughput through ``Gallery.add`` (SQLite WAL with synchronous=FULL, then the FAISS index),
@@ -48,9 +52,12 @@ TOP_K = 10
 
 
 def synthetic(
-    n: int, dim: int, n_queries: int, seed: int, latent_dim: int = 64
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gallery vectors [n, dim], their modality 0/1, queries [n_queries, dim]), float32, unit norm."""
+    n: int, dim: int, n_queries: int, seed: int, latent_dim: int = 64, sink: Any = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(gallery vectors [n, dim], their modality 0/1, queries [n_queries, dim]), float32, unit norm.
+
+    With ``sink``, each block of gallery vectors is handed to ``sink(start, block)`` instead of being kept
+    (a 1M x 1280 gallery then exists once, in the index, not also as an array), and None is returned."""
     rng = np.random.default_rng(seed)
     n_ids = max(1, n // 10)
     if latent_dim:
@@ -61,20 +68,25 @@ def synthetic(
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     scale = np.float32(SIGMA / np.sqrt(dim))
 
-    def sightings(count: int) -> np.ndarray:
-        out = np.empty((count, dim), dtype=np.float32)
+    def sightings(count: int, to: Any = None) -> np.ndarray | None:
+        out = np.empty((count, dim), dtype=np.float32) if to is None else None
         for start in range(0, count, 65536):
             stop = min(count, start + 65536)
             block = rng.standard_normal((stop - start, dim), dtype=np.float32)
             block *= scale
             block += centres[rng.integers(0, n_ids, stop - start)]
             block /= np.linalg.norm(block, axis=1, keepdims=True)
-            out[start:stop] = block
+            if out is None:
+                to(start, block)
+            else:
+                out[start:stop] = block
         return out
 
-    vectors = sightings(n)
+    vectors = sightings(n, sink)
     modality = rng.integers(0, 2, n).astype(np.int8)
-    return vectors, modality, sightings(n_queries)
+    queries = sightings(n_queries)
+    assert queries is not None
+    return vectors, modality, queries
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -120,20 +132,6 @@ def numpy_search(vectors: np.ndarray, queries: np.ndarray, k: int = TOP_K) -> np
     return np.take_along_axis(top, order, axis=1)
 
 
-def bench_flat(vectors: np.ndarray, queries: np.ndarray, single: np.ndarray, batch: int) -> tuple[dict, np.ndarray]:
-    """Exact FAISS: timings, and the exact top-k of ``queries`` (ground truth for IVF recall)."""
-    import faiss
-
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(vectors)
-    stats = time_single(lambda q: flat.search(q, TOP_K), single)
-    stats["batched_qps"] = time_batched(lambda q: flat.search(q, TOP_K), queries, batch)
-    truth = flat.search(queries, TOP_K)[1]
-    brute = numpy_search(vectors, queries[:50])
-    stats["agreement_with_numpy"] = overlap_at_k(truth[:50], brute)
-    return stats, truth
-
-
 def bench_ivf(
     vectors: np.ndarray, queries: np.ndarray, single: np.ndarray, truth: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -154,8 +152,16 @@ def bench_ivf(
         dim, training, nlist, nprobe=config.nprobe, iterations=config.kmeans_iterations, seed=config.seed
     ).cpu
     train_s = time.perf_counter() - started
+    rss0 = rss_bytes()
     ivf.add(vectors)
-    out: dict[str, Any] = {"nlist": nlist, "train_s": train_s, "build_s": time.perf_counter() - started, "nprobe": []}
+    bytes_per_item = (rss_bytes() - rss0) / n
+    out: dict[str, Any] = {
+        "nlist": nlist,
+        "train_s": train_s,
+        "build_s": time.perf_counter() - started,
+        "bytes_per_item": bytes_per_item,
+        "nprobe": [],
+    }
     for nprobe in [p for p in args.nprobe if p <= nlist]:
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         found = ivf.search(queries, TOP_K, params=params)[1]
@@ -172,13 +178,13 @@ def bench_gallery(
     vectors: np.ndarray, modality: np.ndarray, single: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Ingest through Gallery.add (durable batches), then end-to-end Gallery.search."""
-    from clipmc.gallery import Filters, Gallery, IndexConfig, Item
+    from clipmc.gallery import Filters, IndexConfig, Item, open_gallery
 
     n, dim = vectors.shape
     workdir = Path(tempfile.mkdtemp(prefix="gallery-bench-", dir=args.workdir))
     try:
         # A flat index throughout, so the timing is ingest alone (no switch to IVF at the threshold).
-        gallery = Gallery(workdir / "g", dim, "bench", index=IndexConfig(kind="flat"), snapshot_every=0)
+        gallery = open_gallery(workdir / "g", dim, "bench", index=IndexConfig(kind="flat"), snapshot_every=0)
         started = time.perf_counter()
         for start in range(0, n, args.ingest_batch):
             stop = min(n, start + args.ingest_batch)
@@ -205,14 +211,14 @@ def bench_gallery(
         out["gallery_search_filtered"] = time_single(lambda q: gallery.search(q, TOP_K, infrared), single)
         gallery.close()
         started = time.perf_counter()
-        Gallery(workdir / "g", index=IndexConfig(kind="flat")).close()
+        open_gallery(workdir / "g", index=IndexConfig(kind="flat")).close()
         out["ingest"]["reopen_s"] = time.perf_counter() - started
         logger.info("n=%d ingest: %s", n, out["ingest"])
         if n >= args.gallery_ivf_min:
             # What the gallery does on its own past IndexConfig.ivf_threshold: train, add, measure
             # recall@10 at its nprobe, snapshot; then end-to-end search on that index.
             started = time.perf_counter()
-            gallery = Gallery(workdir / "g", index=IndexConfig(kind="ivf"))
+            gallery = open_gallery(workdir / "g", index=IndexConfig(kind="ivf"))
             index = gallery.stats()["index"]
             out["gallery_ivf"] = {
                 "switch_s": time.perf_counter() - started,
@@ -229,24 +235,147 @@ def bench_gallery(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc), to measure what an index costs per item."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_exact_fp16(
+    index: Any, queries: np.ndarray, single: np.ndarray, truth: tuple[np.ndarray, np.ndarray], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The gallery's exact search (fp16 scan + proven float32 re-rank): speed, agreement with float32, memory."""
+    n = index.ntotal
+    before = rss_bytes()
+    started = time.perf_counter()
+    index.attach_scan(args.scan_shards or faiss_threads())
+    out: dict[str, Any] = {"build_s": time.perf_counter() - started, "shards": index.describe()["exact_scan"]["shards"]}
+    out["bytes_per_item"] = (rss_bytes() - before) / n
+    out.update(time_single(lambda q: index.search(q, TOP_K, None, n), single))
+    scores, labels = zip(*(index.search(q[None], TOP_K, None, n) for q in queries), strict=True)
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
+    out["recall_at_10"] = overlap_at_k(labels, truth[1])
+    out["same_ids"] = float(np.mean(np.all(labels == truth[1], axis=1)))
+    out["max_score_diff"] = float(np.abs(scores - truth[0]).max())
+    out["widened_queries"] = index.describe()["exact_scan"]["widened"]
+    out["batched_qps"] = time_batched(lambda q: index.search(q, TOP_K, None, n), queries, args.batch)
+    return out
+
+
+def bench_coalescing(index: Any, queries: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """``--clients`` concurrent clients searching through the service's SearchBatcher: one query per search
+    call (max_batch 1: one at a time) against coalesced batches (max_batch 64), same queries, one run."""
+    import asyncio
+
+    from clipmc.service.search_batching import SearchBatcher
+
+    n = index.ntotal
+
+    def search(vectors: np.ndarray, top_k: int, filters: Any) -> list[np.ndarray]:
+        return list(index.search(vectors, top_k, None, n)[1])
+
+    async def drive(max_batch: int) -> dict[str, Any]:
+        batcher = SearchBatcher(search, max_batch=max_batch)
+        batcher.start()
+        per_client = args.coalesce_queries // args.clients
+        latencies: list[float] = []
+
+        async def client(c: int) -> None:
+            for i in range(per_client):
+                started = time.perf_counter()
+                await batcher.search(queries[(c * per_client + i) % len(queries)], TOP_K)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(args.clients)))
+        wall = time.perf_counter() - started
+        calls = batcher.calls
+        await batcher.stop()
+        ms = np.asarray(latencies) * 1000
+        return {
+            "qps": len(latencies) / wall,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "search_calls": calls,
+            "mean_batch": len(latencies) / max(1, calls),
+        }
+
+    out: dict[str, Any] = {"clients": args.clients, "queries": args.coalesce_queries}
+    for _ in range(args.coalesce_repeats):  # alternate, so load drift hits both alike
+        for name, max_batch in (("one_at_a_time", 1), ("coalesced", 64)):
+            out.setdefault(name, []).append(asyncio.run(drive(max_batch)))
+    for name in ("one_at_a_time", "coalesced"):
+        runs = out[name]
+        out[name] = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]} | {
+            "qps_per_repeat": [round(r["qps"], 2) for r in runs]
+        }
+    out["speedup"] = out["coalesced"]["qps"] / out["one_at_a_time"]["qps"]
+    logger.info("coalescing at n=%d, %d clients: x%.2f", n, args.clients, out["speedup"])
+    return out
+
+
+def faiss_threads() -> int:
+    import faiss
+
+    return int(faiss.omp_get_max_threads())
+
+
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    import faiss
+
+    from clipmc.gallery.index import VectorIndex
+
     result: dict[str, Any] = {"n": n, "dim": args.dim, "latent_dim": args.latent_dim, "load_before": load()}
     n_single = min(args.queries, max(20, 2_000_000 // n))  # fewer single queries for big galleries
     started = time.perf_counter()
-    vectors, modality, queries = synthetic(n, args.dim, max(args.batch_queries, n_single), args.seed, args.latent_dim)
+    # The float32 vectors live once, in the gallery's own flat index (IndexIDMap2(IndexFlatIP)); NumPy and
+    # the other indexes read that storage in place.
+    rss0 = rss_bytes()
+    master = VectorIndex.flat(args.dim)
+    _, modality, queries = synthetic(
+        n,
+        args.dim,
+        max(args.batch_queries, n_single),
+        args.seed,
+        args.latent_dim,
+        sink=lambda start, block: master.add(np.arange(start, start + len(block)), block),
+    )
+    flat = faiss.downcast_index(master.cpu.index)
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * args.dim).reshape(n, args.dim)
+    result["float32_bytes_per_item"] = (rss_bytes() - rss0) / n
     logger.info("n=%d: generated data in %.1fs (%.2f GB)", n, time.perf_counter() - started, vectors.nbytes / 1e9)
     single = queries[:n_single]
 
+    # The reference and the old exact path, measured alternately with the new one below (same run).
     result["numpy"] = time_single(lambda q: numpy_search(vectors, q), single)
     result["numpy"]["batched_qps"] = time_batched(lambda q: numpy_search(vectors, q), queries, args.batch)
     logger.info("n=%d numpy: %s", n, result["numpy"])
-    result["faiss_flat"], truth = bench_flat(vectors, queries, single, args.batch)
+    stats = time_single(lambda q: master.cpu.search(q, TOP_K), single)
+    stats["batched_qps"] = time_batched(lambda q: master.cpu.search(q, TOP_K), queries, args.batch)
+    truth = master.cpu.search(queries, TOP_K)
+    stats["agreement_with_numpy"] = overlap_at_k(truth[1][:50], numpy_search(vectors, queries[:50]))
+    result["faiss_flat"] = stats
     logger.info("n=%d faiss flat: %s", n, result["faiss_flat"])
+    result["exact_fp16"] = bench_exact_fp16(master, queries, single, truth, args)
+    logger.info("n=%d fp16 exact scan: %s", n, result["exact_fp16"])
+    result["numpy_again"] = time_single(lambda q: numpy_search(vectors, q), single)  # drift check
+    result["exact_vs_numpy"] = result["exact_fp16"]["p50_ms"] / float(
+        np.mean([result["numpy"]["p50_ms"], result["numpy_again"]["p50_ms"]])
+    )
+    result["coalescing"] = bench_coalescing(master, queries, args)
+    master.detach_scan()  # the fp16 copy is freed before IVF takes its memory
     gc.collect()
-    result["ivf"] = bench_ivf(vectors, queries, single, truth, args)
+    result["ivf"] = bench_ivf(vectors, queries, single, truth[1], args)
+    result["ivf"]["speedup_vs_exact"] = [
+        round(result["exact_fp16"]["p50_ms"] / p["p50_ms"], 1) for p in result["ivf"]["nprobe"]
+    ]
     gc.collect()
     if n <= args.ingest_max:
-        result.update(bench_gallery(vectors, modality, single, args))
+        result.update(bench_gallery(np.array(vectors), modality, single, args))
+    master.release()
     result["load_after"] = load()
     return result
 
@@ -288,33 +417,43 @@ def machine() -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; numpy {info['numpy']}, "
-        f"faiss {info['faiss']} (CPU, {info['faiss_omp_threads']} OpenMP threads). dim {results[0]['dim']}, "
-        f"top-{TOP_K}, float32 (NumPy too). Latency: one query at a time; batched QPS: batches of queries. "
-        f"Synthetic clustered data (latent dim {results[0]['latent_dim'] or 'none: isotropic'}). "
-        "1-min load average before-after each size: "
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, shared with other engineers' "
+        f"jobs (1-min load average before-after each size: "
         + ", ".join(f"{r['load_before']}-{r['load_after']}" for r in results)
-        + ".",
+        + f"); numpy {info['numpy']}, faiss {info['faiss']} (CPU, {info['faiss_omp_threads']} OpenMP threads). "
+        f"dim {results[0]['dim']}, top-{TOP_K}, float32 vectors. Latency: one query at a time; batched QPS: "
+        f"batches of queries. Synthetic clustered data (latent dim {results[0]['latent_dim'] or 'none: isotropic'}). "
+        "Every ratio below compares methods measured in the same run.",
         "",
-        "| gallery | method | p50 ms | p99 ms | QPS (single) | QPS (batched) | recall@10 |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| gallery | method | p50 ms | p99 ms | QPS (single) | QPS (batched) | recall@10 | bytes / item |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def row(n: int, name: str, stats: dict[str, Any], recall: str = "1.000") -> None:
+    def row(n: int, name: str, stats: dict[str, Any], recall: str = "1.000", memory: float | None = None) -> None:
         batched = f"{stats['batched_qps']:.0f}" if "batched_qps" in stats else "–"
+        mem = f"{memory:,.0f}" if memory else "–"
         lines.append(
-            f"| {n:,} | {name} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} | {stats['single_qps']:.0f} | "
-            f"{batched} | {recall} |"
+            f"| {n:,} | {name} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} | {stats['single_qps']:.1f} | "
+            f"{batched} | {recall} | {mem} |"
         )
 
     for r in results:
-        n = r["n"]
-        row(n, "NumPy brute force", r["numpy"])
-        row(n, "FAISS exact (IndexFlatIP)", r["faiss_flat"])
+        n, f32 = r["n"], r.get("float32_bytes_per_item")
+        e = r["exact_fp16"]
+        row(n, "NumPy brute force (float32)", r["numpy"], memory=f32)
+        row(n, "FAISS IndexFlatIP (the gallery's exact search before)", r["faiss_flat"], memory=f32)
+        row(
+            n,
+            f"gallery exact: fp16 scan x{e['shards']} + float32 re-rank",
+            e,
+            f"{e['recall_at_10']:.3f}",
+            (f32 or 0) + e["bytes_per_item"],
+        )
         for p in r["ivf"]["nprobe"]:
-            row(n, f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}", p, f"{p['recall_at_10']:.3f}")
+            name = f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}"
+            row(n, name, p, f"{p['recall_at_10']:.3f}", r["ivf"].get("bytes_per_item"))
         if "gallery_search" in r:
-            row(n, "Gallery.search, exact", r["gallery_search"])
+            row(n, "Gallery.search, exact (+ SQLite fetch)", r["gallery_search"])
             row(n, "Gallery.search, exact + modality filter", r["gallery_search_filtered"])
         g = r.get("gallery_ivf")
         if g:
@@ -324,9 +463,44 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
             row(n, name + " + modality filter", g["search_filtered"], recall)
     lines += [
         "",
+        "Ratios (same run): exact = the gallery's exact search (fp16 scan + proven float32 re-rank).",
+        "",
+        "| gallery | exact p50 / NumPy p50 | exact p50 / IndexFlatIP p50 | same top-10 ids as float32 | max score diff "
+        "| queries widened | IVF speed-up over exact p50 (nprobe: recall@10) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        e = r["exact_fp16"]
+        ivf = ", ".join(
+            f"x{sp} ({p['nprobe']}: {p['recall_at_10']:.3f})"
+            for sp, p in zip(r["ivf"]["speedup_vs_exact"], r["ivf"]["nprobe"], strict=True)
+        )
+        lines.append(
+            f"| {r['n']:,} | {r['exact_vs_numpy']:.2f} | {e['p50_ms'] / r['faiss_flat']['p50_ms']:.2f} | "
+            f"{e['same_ids']:.3f} | {e['max_score_diff']:.1e} | {e['widened_queries']} | {ivf} |"
+        )
+    lines += [
+        "",
+        "Search coalescing (service/search_batching.py): concurrent clients, each sending its next query when "
+        "the last is answered, through the service's SearchBatcher over the gallery's exact index; the two modes "
+        "alternate in one run.",
+        "",
+        "| gallery | clients | one at a time QPS | coalesced QPS | mean batch | p50 ms one / coalesced | speed-up |",
+        "|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        c = r["coalescing"]
+        one, co = c["one_at_a_time"], c["coalesced"]
+        lines.append(
+            f"| {r['n']:,} | {c['clients']} | {one['qps']:.2f} | {co['qps']:.2f} | {co['mean_batch']:.1f} | "
+            f"{one['p50_ms']:.0f} / {co['p50_ms']:.0f} | x{c['speedup']:.2f} |"
+        )
+    lines += [
+        "",
         "Gallery.search includes the filter mask and fetching the hits' items from SQLite. "
         "*: recall@10 the gallery measured itself when it built the index (100 stored vectors as queries, "
-        "each query's own item left out).",
+        "each query's own item left out). Bytes / item: growth of the process's resident memory while the index "
+        "was filled, divided by the items (the exact row: float32 master + fp16 copy).",
         "",
         "| gallery | ingest items/s (Gallery.add) | snapshot s | reopen s | SQLite GB | FAISS IVF build s "
         "| gallery switch to IVF s |",
@@ -355,7 +529,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     sizes = [r["n"] for r in results]
     left.plot(sizes, [r["numpy"]["p50_ms"] for r in results], "o-", label="NumPy brute force")
-    left.plot(sizes, [r["faiss_flat"]["p50_ms"] for r in results], "s-", label="FAISS exact")
+    left.plot(sizes, [r["faiss_flat"]["p50_ms"] for r in results], "s-", label="FAISS IndexFlatIP")
+    left.plot(sizes, [r["exact_fp16"]["p50_ms"] for r in results], "*-", label="gallery exact (fp16 + re-rank)")
     if all("gallery_search" in r for r in results):
         left.plot(sizes, [r["gallery_search"]["p50_ms"] for r in results], "^-", label="Gallery.search (exact)")
     ivf_points = [(r["n"], r["gallery_ivf"]["search"]["p50_ms"]) for r in results if "gallery_ivf" in r]
@@ -400,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
         "--gallery-ivf-min", type=int, default=100_000, help="from this size, also time the gallery's own IVF switch"
     )
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's)")
+    parser.add_argument("--scan-shards", type=int, default=None, help="fp16 exact scan shards (default: threads)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the coalescing test")
+    parser.add_argument("--coalesce-queries", type=int, default=192, help="queries per coalescing run")
+    parser.add_argument("--coalesce-repeats", type=int, default=2, help="alternating repeats of the two modes")
     parser.add_argument("--workdir", default=None, help="where the ingest gallery is written (default: temp dir)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""HTTP load test of the service: throughput and latency of POST /query with and without dynamic batching.
+"""HTTP load test of the service: throughput and latency of POST /query, with and without dynamic batching,
+or with the old default back-end (torch) against the new one (``--backend auto``).
 
 The script starts the service itself (``python -m clipmc.cli serve`` in a subprocess, loopback only,
 auth off), fills a gallery with synthetic crops through ``POST /gallery/ingest``, then, for each
@@ -16,6 +17,8 @@ and ``.png`` under ``--out``.
 
     python benchmarks/service.py --model tiny --requests 200 --repeats 3
     python benchmarks/service.py --model vit-b-16 --requests 48 --repeats 2 --gallery-size 64
+    python benchmarks/service.py --model vit-b-16 --concurrency 8 --requests 32 --repeats 2 --gallery-size 32 \
+        --modes "torch (old default)" "auto (new default)" --suffix -backends
 """
 
 from __future__ import annotations
@@ -85,15 +88,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(weights: Path, gallery: Path, max_batch: int, max_wait_ms: float, log_path: Path) -> Iterator[str]:
-    """The service in a subprocess on a free loopback port; yields its URL once /readyz says ready."""
+def server(
+    weights: Path, gallery: Path, max_batch: int, max_wait_ms: float, log_path: Path, backend: str = "auto"
+) -> Iterator[str]:
+    """The service in a subprocess on a free loopback port; yields its URL once /readyz says ready.
+
+    The export cache (ONNX for --backend auto on a CPU host) goes next to the gallery, not into ~/.cache."""
     import httpx
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPMC_")}
-    env.update(CLIPMC_MAX_QUEUE="100000", CLIPMC_LOG_LEVEL="warning")
+    env.update(CLIPMC_MAX_QUEUE="100000", CLIPMC_LOG_LEVEL="warning", CLIPMC_CACHE=str(gallery.parent / "cache"))
     cmd = [sys.executable, "-m", "clipmc.cli", "serve", "--weights", str(weights), "--gallery", str(gallery)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--backend", backend]
     cmd += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -205,7 +212,27 @@ def summarise(parts: list[dict[str, Any]], concurrency: int, calls: float, crops
     }
 
 
-MODES = {"dynamic batching": None, "no batching": (1, 0.0)}
+#: mode -> (back-end or None for --backend, (max_batch, max_wait_ms) or None for the flags)
+MODES: dict[str, tuple[str | None, tuple[int, float] | None]] = {
+    "dynamic batching": (None, None),
+    "no batching": (None, (1, 0.0)),
+    "torch (old default)": ("torch", None),
+    "auto (new default)": ("auto", None),
+}
+
+
+def mode_config(mode: str, args: argparse.Namespace) -> tuple[str, int, float]:
+    backend, batching = MODES[mode]
+    max_batch, max_wait = batching or (args.max_batch, args.max_wait_ms)
+    return backend or args.backend, max_batch, max_wait
+
+
+def describe_embedder(url: str) -> str:
+    """What the server's /readyz says it runs: back-end, device, precision."""
+    import httpx
+
+    info = httpx.get(f"{url}/readyz", timeout=30).json()["embedder"]
+    return f"{info['backend']} {info['device']} {info['precision']}"
 
 
 def run(args: argparse.Namespace, weights: Path, workdir: Path) -> list[dict[str, Any]]:
@@ -216,11 +243,21 @@ def run(args: argparse.Namespace, weights: Path, workdir: Path) -> list[dict[str
     log_path = args.out / f"service-{args.model}-server.log"
     with contextlib.ExitStack() as stack:
         urls: dict[str, str] = {}
+        runtimes: dict[str, str] = {}
         for mode in args.modes:
-            max_batch, max_wait = MODES[mode] or (args.max_batch, args.max_wait_ms)
-            gallery_dir = workdir / f"gallery-{len(urls)}"
-            urls[mode] = stack.enter_context(server(weights, gallery_dir, max_batch, max_wait, log_path))
-            logger.info("%s: server up at %s (max_batch %d, max_wait %g ms)", mode, urls[mode], max_batch, max_wait)
+            backend, max_batch, max_wait = mode_config(mode, args)
+            gallery_dir = workdir / f"server-{len(urls)}" / "gallery"
+            gallery_dir.parent.mkdir(parents=True)
+            urls[mode] = stack.enter_context(server(weights, gallery_dir, max_batch, max_wait, log_path, backend))
+            runtimes[mode] = describe_embedder(urls[mode])
+            logger.info(
+                "%s: server up at %s (%s, max_batch %d, max_wait %g ms)",
+                mode,
+                urls[mode],
+                runtimes[mode],
+                max_batch,
+                max_wait,
+            )
             ingest(urls[mode], gallery)
             asyncio.run(load(urls[mode], queries, min(8, args.warmup), args.warmup, args.top_k))  # warm the path
         cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -245,14 +282,29 @@ def run(args: argparse.Namespace, weights: Path, workdir: Path) -> list[dict[str
                     )
     runs = []
     for mode in urls:
-        max_batch, max_wait = MODES[mode] or (args.max_batch, args.max_wait_ms)
+        _, max_batch, max_wait = mode_config(mode, args)
         rows = []
         for c in args.concurrency:
             row = summarise(cells[(mode, c)], c, *counts[(mode, c)])
-            row.update(mode=mode, max_batch=max_batch, max_wait_ms=max_wait)
+            row.update(mode=mode, max_batch=max_batch, max_wait_ms=max_wait, runtime=runtimes[mode])
             rows.append(row)
-        runs.append({"mode": mode, "rows": rows})
+        runs.append({"mode": mode, "runtime": runtimes[mode], "rows": rows})
     return runs
+
+
+def ratios(runs: list[dict[str, Any]], baseline: str) -> list[tuple[str, int, float]]:
+    """(mode, concurrency, throughput / baseline's throughput at that concurrency) for every other mode."""
+    base = next((r for r in runs if r["mode"] == baseline), None)
+    if base is None:
+        return []
+    ref = {row["concurrency"]: row["throughput_rps"] for row in base["rows"]}
+    return [
+        (run["mode"], row["concurrency"], row["throughput_rps"] / ref[row["concurrency"]])
+        for run in runs
+        if run["mode"] != baseline
+        for row in run["rows"]
+        if ref.get(row["concurrency"])
+    ]
 
 
 def machine() -> dict[str, Any]:
@@ -277,22 +329,31 @@ def machine() -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     info, cfg = result["machine"], result["config"]
     lines = [
-        f"Service load test, model `{cfg['model']}` ({cfg['weights']}), torch back-end on "
-        f"{info['gpu'] or 'CPU'}: {info['cpu']}, {info['cores']} cores. {cfg['repeats']} x {cfg['requests']} "
-        f"POST /query per row (multipart PNG crops, top_k {cfg['top_k']}, the modes alternating) against a "
-        f"gallery of {cfg['gallery_size']}; the load generator runs on the same machine.",
+        f"Service load test, model `{cfg['model']}` ({cfg['weights']}) on {info['gpu'] or 'CPU'}: {info['cpu']}, "
+        f"{info['cores']} cores, shared with other engineers' jobs (1-min load average {cfg.get('load_before')} "
+        f"before, {cfg.get('load_after')} after). {cfg['repeats']} x {cfg['requests']} POST /query per row "
+        f"(multipart PNG crops, top_k {cfg['top_k']}, the modes alternating) against a gallery of "
+        f"{cfg['gallery_size']}; the load generator runs on the same machine. Runtime: what each server's "
+        "/readyz reported.",
         "",
-        "| mode | concurrency | req/s | req/s per repeat | p50 ms | p99 ms | errors | model calls | mean batch |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| mode | runtime | concurrency | req/s | req/s per repeat | p50 ms | p99 ms | errors | model calls "
+        "| mean batch |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for run in result["runs"]:
         for r in run["rows"]:
             mode = run["mode"] + (f" ({r['max_batch']}, {r['max_wait_ms']:g} ms)" if r["max_batch"] > 1 else "")
             lines.append(
-                f"| {mode} | {r['concurrency']} | {r['throughput_rps']:.1f} | "
+                f"| {mode} | {run.get('runtime', '')} | {r['concurrency']} | {r['throughput_rps']:.1f} | "
                 f"{', '.join(f'{x:g}' for x in r['throughput_per_repeat'])} | {r['p50_ms']} | {r['p99_ms']} | "
                 f"{r['errors']} | {r['model_calls']} | {r['mean_batch']} |"
             )
+    baseline = next(
+        (m for m in ("torch (old default)", "no batching") if any(r["mode"] == m for r in result["runs"])), None
+    )
+    if baseline:
+        lines += ["", f"Throughput relative to {baseline}, same run:", ""]
+        lines += [f"- {mode} at concurrency {c}: x{x:.2f}" for mode, c, x in ratios(result["runs"], baseline)]
     return "\n".join(lines) + "\n"
 
 
@@ -337,7 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--warmup", type=int, default=16, help="untimed queries before each mode")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of every cell")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=["dynamic batching", "no batching"],
+        help="servers to compare",
+    )
+    parser.add_argument("--suffix", default="", help="added to the output file names (e.g. -backends)")
+    parser.add_argument("--backend", default="auto", help="--backend of the batching modes (default auto)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -345,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.requests > 100_000 or min(args.concurrency) < 1:
         parser.error("--requests must be in 1..100000 and --concurrency values >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
+    load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="clipmc-bench-") as tmp:
         weights = args.weights or make_checkpoint(args.model, Path(tmp))
         runs = run(args, weights, Path(tmp))
@@ -360,10 +430,12 @@ def main(argv: list[str] | None = None) -> int:
             "top_k": args.top_k,
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
+            "load_before": load_before,
+            "load_after": round(os.getloadavg()[0], 2),
         },
         "runs": runs,
     }
-    stem = args.out / f"service-{args.model}"
+    stem = args.out / f"service-{args.model}{args.suffix}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))
     plot(result, stem.with_suffix(".png"))

@@ -48,7 +48,7 @@ check_serve() {
             die "weights not found at $weights (CLIPMC_WEIGHTS). Put the trained checkpoint directory (model.safetensors and config.json) in the host folder mounted at /weights (CLIPMC_WEIGHTS_DIR in .env, default ./weights) and set CLIPMC_WEIGHTS to its path inside the container, e.g. /weights/best."
         fi
     fi
-    backend=${CLIPMC_BACKEND:-torch}
+    backend=${CLIPMC_BACKEND:-auto}
     if [ "$backend" = "tensorrt" ] && [ -n "${CLIPMC_ENGINE_DIR:-}" ] && ! has_flag engine-dir "$@" && ! has_flag backend "$@"; then
         writable_dir "$CLIPMC_ENGINE_DIR" "the engine cache"
         if ls "$CLIPMC_ENGINE_DIR"/*.engine > /dev/null 2>&1; then

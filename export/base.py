@@ -23,7 +23,7 @@ from clipmc.model.preprocess import PreprocessConfig, normalize
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 GPU_EXTRA = "pip install 'clipmc[gpu]'"
 
 
@@ -61,6 +61,8 @@ class Embedder(abc.ABC):
         self.device = device
         self.precision = precision
         self._preprocess_cfg = PreprocessConfig(height=self.image_size[0], width=self.image_size[1])
+        #: How `create_embedder` chose this runtime (`selection.Selection.as_dict()`), shown by /readyz.
+        self.selection: dict[str, str] | None = None
 
     # -- public API -------------------------------------------------------------------------------
     def embed(self, images: np.ndarray, modality: ModalityLike) -> np.ndarray:
@@ -101,6 +103,7 @@ class Embedder(abc.ABC):
             "embedding_version": self.embedding_version,
             "image_size": list(self.image_size),
             "batch_sizes": list(self.batch_sizes),
+            "selection": self.selection,
         }
 
     def __repr__(self) -> str:

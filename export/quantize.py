@@ -62,3 +62,31 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     atomic_write(dst, write)
     log.info("wrote %s (%.1f MB, from %.1f MB)", dst, dst.stat().st_size / 1e6, src.stat().st_size / 1e6)
     return dst
+
+
+def quantize_int8_cached(src: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The INT8 copy of the fp32 export `src`, quantised once into `cache_dir` (under a file lock).
+
+    Named by the export's embedding_version (the same weights and preprocessing), so a restart, or a
+    second worker starting at the same time, reuses it. An INT8 `src` is returned as it is."""
+    from filelock import FileLock
+
+    from .base import default_cache_dir
+
+    src = Path(src)
+    meta = read_onnx_metadata(src)
+    if meta.get("precision", "fp32") == "int8":
+        return src
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{meta['embedding_version']}.int8.onnx"
+    with FileLock(str(target) + ".lock"):
+        if target.is_file():
+            try:
+                cached = read_onnx_metadata(target)
+                if cached.get("precision") == "int8" and cached["embedding_version"] == meta["embedding_version"]:
+                    log.info("reusing quantised %s", target)
+                    return target
+            except ExportError as exc:
+                log.warning("re-quantising: %s", exc)
+        return quantize_int8(src, target)

@@ -3,7 +3,8 @@
 `device` picks the execution provider: "cpu" -> CPUExecutionProvider, "cuda[:N]" -> CUDAExecutionProvider,
 "tensorrt[:N]" -> TensorrtExecutionProvider (with CUDA and CPU as fallbacks for any node TensorRT does
 not take). fp16 is only offered through the TensorRT provider, with LayerNorm kept in fp32
-(`trt_layer_norm_fp32_fallback`); the CUDA provider runs the fp32 graph as exported.
+(`trt_layer_norm_fp32_fallback`); the CUDA provider runs the fp32 graph as exported. precision "int8"
+means an INT8 model (`quantize.quantize_int8`), which runs as it is on the CPU provider.
 """
 
 from __future__ import annotations
@@ -60,8 +61,15 @@ class OnnxRuntimeEmbedder(Embedder):
                 "onnxruntime runs fp16 only through the TensorRT execution provider: use device='tensorrt' "
                 "(or the tensorrt back-end), or precision='fp32'"
             )
+        if precision == "bf16":
+            raise EmbedderError("onnxruntime has no bf16 mode here: bf16 runs in torch (autocast); use fp32 or int8")
         model_precision = meta.get("precision", "fp32")  # "int8" for `clipmc export onnx --int8` models
-        if model_precision != "fp32" and precision != "fp32":
+        if precision == "int8" and model_precision != "int8":
+            raise EmbedderError(
+                f"{path}: an {model_precision} model; int8 needs the quantised export (clipmc export onnx --int8, "
+                "or create_embedder(..., precision='int8') which quantises into the cache)"
+            )
+        if model_precision != "fp32" and precision not in ("fp32", model_precision):
             raise EmbedderError(f"{path}: an {model_precision} model runs as it is: use precision='fp32'")
         super().__init__(
             embedding_dim=meta["embedding_dim"],

@@ -21,6 +21,7 @@ class TorchEmbedder(Embedder):
     fp16 uses CUDA autocast rather than `.half()`: autocast runs matmuls and convolutions in fp16
     while LayerNorm, softmax and the norms of the final L2 normalisation stay fp32 (autocast's fp32
     op list), which is the precision split DESIGN.md section 4 asks for, with no hand-written casts.
+    bf16 is the same autocast with bfloat16, on the CPU too (AVX-512 BF16 / AMX CPUs run it natively).
     `compile=True` wraps the graph in `torch.compile` (mode "reduce-overhead" uses CUDA graphs on GPU).
     """
 
@@ -46,6 +47,8 @@ class TorchEmbedder(Embedder):
             raise EmbedderError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
         if precision == "fp16" and dev.type != "cuda":
             raise EmbedderError("the torch back-end runs fp16 on CUDA only: use device='cuda' or precision='fp32'")
+        if precision == "int8":
+            raise EmbedderError("int8 runs in ONNX Runtime (backend onnxruntime or auto), not in torch")
         version = embedding_version or model.embedding_version  # the property hashes the weights: once
         super().__init__(
             embedding_dim=model.embedding_dim,
@@ -68,9 +71,13 @@ class TorchEmbedder(Embedder):
         import torch
 
         with torch.inference_mode():
-            if self.precision == "fp16":
-                with torch.autocast("cuda", dtype=torch.float16):
+            if self.precision in ("fp16", "bf16"):
+                dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+                with torch.autocast(self._torch_device.type, dtype=dtype):
                     out = self._graph(images, modality)
+                # CPU autocast runs the final L2 normalisation in bf16 (its fp32 op list differs from CUDA's),
+                # leaving norms ~1e-3 off: renormalise in fp32 so every runtime returns contract vectors.
+                out = torch.nn.functional.normalize(out.float(), dim=-1)
             else:
                 out = self._graph(images, modality)
         return out.float()

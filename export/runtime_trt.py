@@ -1,11 +1,13 @@
 """TensorRT back-end of the `Embedder` interface (DESIGN.md section 6).
 
 One deserialised engine, one execution context, one CUDA stream, and device buffers allocated once for
-the largest batch of the engine's profile. Device memory is held as torch tensors (torch is always
-installed, and its caching allocator and streams are well kept): their `data_ptr()`s are bound with
-`context.set_tensor_address` once, and each call sets the input shapes and runs `execute_async_v3` on the
-torch stream. Batches are split at the profile's maximum and padded up to its minimum; the execution
-context is not thread-safe, so calls are serialised by a lock (the service batches requests upstream).
+the largest batch of the engine's profile, with page-locked host staging buffers of the same size: all
+through cuda-python (`cuda_rt`: cudaMalloc, cudaMallocHost, cudaMemcpyAsync, streams), TensorRT 10's
+documented Python pattern, so this runtime imports no torch. The device pointers are bound with
+`context.set_tensor_address` once, and each call copies the batch in, sets the input shapes, runs
+`execute_async_v3` on the stream and copies the vectors out. Batches are split at the profile's maximum
+and padded up to its minimum; the execution context is not thread-safe, so calls are serialised by a
+lock (the service batches requests upstream).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from .base import Embedder, EmbedderError, normalize_batch_sizes
+from .cuda_rt import DeviceBuffer, PinnedArray, Stream, cuda_device, on_device
 from .engine_cache import read_sidecar
 from .graph import INPUT_NAMES, OUTPUT_NAME
-from .tensorrt_build import cuda_device, engine_from_weights, import_tensorrt
+from .tensorrt_build import engine_from_weights, import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,6 @@ class TensorRTEmbedder(Embedder):
     def __init__(
         self, engine_path: str | os.PathLike, *, device: str = "cuda", batch_sizes: Sequence[int] | None = None
     ) -> None:
-        import torch
-
         trt = import_tensorrt()
         dev = cuda_device(device)
         path = Path(engine_path)
@@ -70,7 +71,10 @@ class TensorRTEmbedder(Embedder):
         self._dev = dev
         self._lock = threading.Lock()
         self._logger = trt.Logger(trt.Logger.WARNING)
-        with torch.cuda.device(dev):
+        self._device_buffers: dict[str, DeviceBuffer] = {}
+        self._host_buffers: dict[str, PinnedArray] = {}
+        self._stream: Stream | None = None
+        with on_device(dev):
             self._runtime = trt.Runtime(self._logger)
             self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
@@ -79,64 +83,73 @@ class TensorRTEmbedder(Embedder):
             if names != {*INPUT_NAMES, OUTPUT_NAME}:
                 raise EmbedderError(f"{path}: engine tensors {sorted(names)} are not image/modality/embedding")
             self.context = self.engine.create_execution_context()
-            self._stream = torch.cuda.Stream(device=dev)
             h, w = self.image_size
             max_batch = max(sizes)  # embed() never passes more than this (sizes lie inside the profile)
-            self._image = torch.empty((max_batch, 3, h, w), dtype=self._torch_dtype(trt, "image"), device=dev)
-            self._modality = torch.zeros((max_batch,), dtype=self._torch_dtype(trt, "modality"), device=dev)
-            self._output = torch.empty(
-                (max_batch, self.embedding_dim), dtype=self._torch_dtype(trt, OUTPUT_NAME), device=dev
-            )
-            # Pinned host staging: host<->device copies are then truly asynchronous on the stream.
-            self._host_image = torch.empty(self._image.shape, dtype=self._image.dtype).pin_memory()
-            self._host_modality = torch.empty(self._modality.shape, dtype=self._modality.dtype).pin_memory()
-            self._host_output = torch.empty(self._output.shape, dtype=torch.float32).pin_memory()
-            for name, buf in (("image", self._image), ("modality", self._modality), (OUTPUT_NAME, self._output)):
-                if not self.context.set_tensor_address(name, buf.data_ptr()):
-                    raise EmbedderError(f"{path}: TensorRT refused the device buffer for {name!r}")
+            shapes = {
+                "image": (max_batch, 3, h, w),
+                "modality": (max_batch,),
+                OUTPUT_NAME: (max_batch, self.embedding_dim),
+            }
+            try:
+                self._stream = Stream()
+                for name, shape in shapes.items():
+                    dtype = self._dtype(trt, name)
+                    # Pinned host staging: host<->device copies are then truly asynchronous on the stream.
+                    self._host_buffers[name] = PinnedArray(shape, dtype)
+                    self._device_buffers[name] = DeviceBuffer(self._host_buffers[name].nbytes)
+                    if not self.context.set_tensor_address(name, self._device_buffers[name].ptr):
+                        raise EmbedderError(f"{path}: TensorRT refused the device buffer for {name!r}")
+            except BaseException:
+                self._free()
+                raise
         log.info("TensorRT engine %s on %s (%s, profile %s)", path.name, dev, self.precision, self._profile)
 
-    def _torch_dtype(self, trt: Any, name: str) -> Any:
-        import torch
-
-        mapping = {
-            trt.float32: torch.float32,
-            trt.float16: torch.float16,
-            trt.int64: torch.int64,
-            trt.int32: torch.int32,
-        }
+    def _dtype(self, trt: Any, name: str) -> np.dtype:
         dtype = self.engine.get_tensor_dtype(name)
-        if dtype not in mapping:
+        if dtype not in (trt.float32, trt.float16, trt.int64, trt.int32):
             raise EmbedderError(f"{self.engine_path}: unsupported dtype {dtype} for tensor {name!r}")
-        return mapping[dtype]
+        return np.dtype(trt.nptype(dtype))
 
     def _run(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
-        import torch
-
         n = images.shape[0]
         padded = max(n, self._profile[0])  # below the profile minimum: pad with zeros, drop the extra rows
         h, w = self.image_size
-        with self._lock, torch.cuda.device(self._dev), torch.cuda.stream(self._stream):
-            self._host_image[:n].copy_(torch.from_numpy(images))
-            self._host_modality[:n].copy_(torch.from_numpy(modality))
+        with self._lock, on_device(self._dev):
+            stream = self._stream
+            if stream is None:
+                raise EmbedderError(f"{self.engine_path}: the embedder is closed")
+            host, device = self._host_buffers, self._device_buffers
+            host["image"].array[:n] = images
+            host["modality"].array[:n] = modality
             if padded > n:
-                self._host_image[n:padded].zero_()
-                self._host_modality[n:padded].zero_()
-            self._image[:padded].copy_(self._host_image[:padded], non_blocking=True)
-            self._modality[:padded].copy_(self._host_modality[:padded], non_blocking=True)
+                host["image"].array[n:padded] = 0
+                host["modality"].array[n:padded] = 0
+            for name in INPUT_NAMES:
+                row = host[name].nbytes // host[name].array.shape[0]
+                stream.copy_to_device(device[name], host[name], padded * row)
             if not (
                 self.context.set_input_shape("image", (padded, 3, h, w))
                 and self.context.set_input_shape("modality", (padded,))
             ):
                 raise EmbedderError(f"{self.engine_path}: batch {padded} is outside the engine's profile")
-            if not self.context.execute_async_v3(self._stream.cuda_stream):
+            if not self.context.execute_async_v3(stream.handle):
                 raise EmbedderError(f"{self.engine_path}: TensorRT execution failed (batch {padded})")
-            self._host_output[:n].copy_(self._output[:n], non_blocking=True)
-            self._stream.synchronize()
-            return self._host_output[:n].numpy().copy()
+            out = host[OUTPUT_NAME]
+            stream.copy_to_host(out, device[OUTPUT_NAME], n * (out.nbytes // out.array.shape[0]))
+            stream.synchronize()
+            return out.array[:n].astype(np.float32, copy=True)
+
+    def _free(self) -> None:
+        for buffer in (*self._device_buffers.values(), *self._host_buffers.values()):
+            buffer.free()
+        self._device_buffers, self._host_buffers = {}, {}
+        if self._stream is not None:
+            self._stream.destroy()
+            self._stream = None
 
     def close(self) -> None:
         with self._lock:
             self.context = None
             self.engine = None
-            self._image = self._modality = self._output = None
+            with on_device(self._dev):
+                self._free()

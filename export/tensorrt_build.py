@@ -14,6 +14,7 @@ types, which are all fp32 in this export, and so run nothing in fp16.
 The engine goes through `engine_cache.cached_engine`: keyed by (ONNX sha256, TensorRT version, GPU name
 and compute capability, precision, profile), built once under a file lock. The timing cache lives in the
 same directory (`timing.cache`), so rebuilding for another profile or precision reuses kernel timings.
+The GPU is named and selected through cuda-python (`cuda_rt`), so building imports no torch either.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from clipmc.contract import atomic_write, file_sha256
 
 from .base import GPU_EXTRA, EmbedderError, default_cache_dir, normalize_batch_sizes
+from .cuda_rt import CudaDevice, cuda_device, gpu_identity, on_device
 from .engine_cache import EngineKey, batch_profile, cached_engine, make_key
 from .graph import read_onnx_metadata
 
@@ -58,33 +60,9 @@ def import_tensorrt() -> Any:
     return trt
 
 
-def cuda_device(device: str = "cuda") -> Any:
-    """The torch CUDA device for `device` ("cuda" or "cuda:N"), or a clear error when there is no GPU."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise EmbedderError(f"unknown device {device!r}: the tensorrt back-end runs on 'cuda' or 'cuda:N'") from exc
-    if dev.type != "cuda":
-        raise EmbedderError(f"the tensorrt back-end runs on a CUDA GPU, not device {device!r}: use device='cuda'")
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable("the tensorrt back-end needs a CUDA GPU; torch sees none on this machine")
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    if index >= torch.cuda.device_count():
-        raise EmbedderError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return torch.device("cuda", index)
-
-
-def gpu_identity(device: Any) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor"): part of the engine key."""
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(device)
-    return torch.cuda.get_device_name(device), f"{major}.{minor}"
-
-
-def engine_key_for(onnx_path: str | os.PathLike, precision: str, batch_sizes: Sequence[int], device: Any) -> EngineKey:
+def engine_key_for(
+    onnx_path: str | os.PathLike, precision: str, batch_sizes: Sequence[int], device: CudaDevice
+) -> EngineKey:
     trt = import_tensorrt()
     name, capability = gpu_identity(device)
     return make_key(
@@ -127,9 +105,7 @@ def build_engine(
     )
 
     def build() -> tuple[bytes, dict[str, Any]]:
-        import torch
-
-        with torch.cuda.device(dev):
+        with on_device(dev):
             data = _build_serialized(trt, onnx_path, out / TIMING_CACHE_FILE, meta, precision, sizes, workspace_gb)
         fields = {
             "onnx_file": str(onnx_path),

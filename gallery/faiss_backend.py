@@ -412,15 +412,16 @@ class FaissGallery(BaseGallery):
         return recall
 
     def _install(self, index: VectorIndex) -> None:
-        """Put a GPU copy in front of the index when asked for and possible."""
+        """Put a GPU copy in front of the index when asked for and possible; else, for a flat index, the
+        fp16 exact scan (IndexConfig.exact_scan)."""
         wanted = self.config.use_gpu
-        if wanted is False:
+        if wanted is not False and gpu_available():
+            index.to_gpu(self.config.gpu_device)
             return
-        if not gpu_available():
-            if wanted:
-                logger.warning("use_gpu=True but this FAISS build sees no GPU: searching on the CPU")
-            return
-        index.to_gpu(self.config.gpu_device)
+        if wanted:
+            logger.warning("use_gpu=True but this FAISS build sees no GPU: searching on the CPU")
+        if index.kind == "flat" and self.config.exact_scan == "fp16":
+            index.attach_scan(self.config.shards(), self.config.scan_candidates)
 
     def _ensure_index(self) -> VectorIndex:
         if self._index is None:  # read-only galleries build theirs on first use
@@ -530,7 +531,9 @@ class FaissGallery(BaseGallery):
             kind = self._index.kind if self._index is not None else self._wanted_kind(self._columns.count, None)
             index = self._build_index(kind)
             self._install(index)
-            self._index = index
+            old, self._index = self._index, index
+            if old is not None:
+                old.release()
 
     def _rebuild_locked(self, kind: IndexKind) -> VectorIndex:
         """Build a new index while searches go on against the old one, then swap (holds the write lock)."""
@@ -539,7 +542,7 @@ class FaissGallery(BaseGallery):
         with self._rw.write():
             old, self._index = self._index, new
         if old is not None:
-            old.release_gpu()
+            old.release()
         if not self.read_only:
             self._write_snapshot()
         return new
@@ -686,7 +689,7 @@ class FaissGallery(BaseGallery):
 
     def _release(self) -> None:
         if self._index is not None:
-            self._index.release_gpu()
+            self._index.release()
         self._index = None
         store = getattr(self, "_store", None)
         if store is not None:

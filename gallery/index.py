@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from clipmc.gallery.errors import GalleryError
+from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, Fp16ExactScan
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ MIN_IVF_ITEMS = 39
 GPU_MAX_K = 2048
 #: How many more hits than asked a filtered GPU search fetches before falling back to the CPU.
 GPU_OVERFETCH = 8
+#: From this many queries in one call, exact search is a matrix product over the float32 master (every
+#: vector read once for the whole batch) rather than one fp16 scan per query: the batches that the
+#: service's search coalescing (service/search_batching.py) forms under concurrent load.
+BATCH_BLAS_MIN = 3
+# FAISS computes flat inner products with BLAS only from 20 queries at once (its default), and with a
+# per-query SIMD loop below that: a 16-query batch would then read the gallery 16 times. Lower the
+# process-wide switch to where a batch starts to pay (FAISS's own tuning knob; it only picks the kernel).
+faiss.cvar.distance_compute_blas_threshold = min(int(faiss.cvar.distance_compute_blas_threshold), BATCH_BLAS_MIN)
 
 
 @dataclass
@@ -51,6 +60,9 @@ class IndexConfig:
     ``nlist`` defaults to about sqrt(n) lists (at least 16, and at least 39 training points per list);
     ``train_size`` to 40 points per list; ``nprobe`` is how many lists a query scans (more: slower,
     better recall). ``use_gpu=None`` uses a GPU when FAISS can.
+    ``exact_scan="fp16"`` answers exact (flat) searches from an fp16 copy scanned in ``scan_shards``
+    parallel shards and re-ranked in float32, with the same result as float32 search
+    (``exact_scan.Fp16ExactScan``); ``"float32"`` searches the ``IndexFlatIP`` alone (less memory).
     """
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
@@ -63,6 +75,9 @@ class IndexConfig:
     gpu_device: int = 0
     recall_queries: int = 100
     seed: int = 1234
+    exact_scan: Literal["fp16", "float32"] = "fp16"
+    scan_shards: int | None = None
+    scan_candidates: int = DEFAULT_CANDIDATES
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf"):
@@ -72,6 +87,16 @@ class IndexConfig:
                 raise GalleryError(f"{name} must be at least 1")
         if self.nlist is not None and self.nlist < 1:
             raise GalleryError("nlist must be at least 1")
+        if self.exact_scan not in ("fp16", "float32"):
+            raise GalleryError(f"exact_scan must be 'fp16' or 'float32', got {self.exact_scan!r}")
+        if self.scan_shards is not None and self.scan_shards < 1:
+            raise GalleryError("scan_shards must be at least 1")
+        if self.scan_candidates < 1:
+            raise GalleryError("scan_candidates must be at least 1")
+
+    def shards(self) -> int:
+        """Threads one exact query is scanned with: ``scan_shards``, or FAISS's OpenMP thread count."""
+        return int(self.scan_shards or faiss.omp_get_max_threads())
 
     def kind_for(self, count: int) -> IndexKind:
         """The index kind to use for a gallery of ``count`` items (flat while too small to train IVF)."""
@@ -108,6 +133,7 @@ class VectorIndex:
         self._gpu: Any = None
         self._gpu_resources: Any = None
         self._gpu_device = 0
+        self._scan: Fp16ExactScan | None = None
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -143,6 +169,21 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         faiss.write_index(self.cpu, str(path))
 
+    # -- fp16 exact scan --------------------------------------------------------------------------
+
+    def attach_scan(self, shards: int, candidates: int = DEFAULT_CANDIDATES) -> None:
+        """Answer exact searches from an fp16 copy of this flat index (built from it now, kept in step)."""
+        if self.kind != "flat":
+            raise GalleryError("the fp16 exact scan is for flat indexes")
+        self._scan = Fp16ExactScan.from_flat(self.cpu, shards, candidates)
+        logger.info("fp16 exact scan over %d vectors in %d shards", self._scan.ntotal, self._scan.shards)
+
+    def detach_scan(self) -> None:
+        """Stop using (and free) the fp16 copy: exact searches go to the float32 index again."""
+        if self._scan is not None:
+            self._scan.close()
+            self._scan = None
+
     # -- GPU mirror -------------------------------------------------------------------------------
 
     def to_gpu(self, device: int = 0) -> None:
@@ -162,6 +203,11 @@ class VectorIndex:
     def release_gpu(self) -> None:
         self._gpu = None
         self._gpu_resources = None
+
+    def release(self) -> None:
+        """Drop the GPU copy and stop the fp16 scan's threads (an index being replaced or closed)."""
+        self.release_gpu()
+        self.detach_scan()
 
     # -- contents ---------------------------------------------------------------------------------
 
@@ -197,6 +243,8 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.cpu.add_with_ids(vectors, ids)
+        if self._scan is not None:
+            self._scan.add(ids, vectors)
         if self._gpu is not None:
             self._gpu.add_with_ids(vectors, ids)
 
@@ -204,6 +252,8 @@ class VectorIndex:
         if not len(ids):
             return 0
         removed = int(self.cpu.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+        if removed and self._scan is not None:
+            self._scan.remove(np.asarray(ids, dtype=np.int64))
         if removed and self._gpu is not None:
             self.to_gpu(self._gpu_device)  # GPU indexes cannot delete: re-copy the master
         return removed
@@ -214,6 +264,8 @@ class VectorIndex:
         self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, available: int
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "flat":
+            if self._scan is not None and len(queries) < BATCH_BLAS_MIN:
+                return self._scan.search(self.cpu, queries, k, selector, available)
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
             return self.cpu.search(queries, k, params=params)
         # IVF only scans nprobe lists; widen the scan for queries that came back short (few matching
@@ -274,4 +326,5 @@ class VectorIndex:
             "nprobe": self.nprobe if self.kind == "ivf" else None,
             "gpu": self.on_gpu,
             "recall_at_10": self.recall_at_10,
+            "exact_scan": self._scan.describe() if self._scan is not None else None,
         }

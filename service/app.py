@@ -40,6 +40,7 @@ from clipmc.service.limits import BodySizeLimitMiddleware
 from clipmc.service.metrics import Metrics, MetricsMiddleware
 from clipmc.service.routers import gallery_router, operations_router, query_router
 from clipmc.service.routers.operations import STATIC_DIR
+from clipmc.service.search_batching import SearchBatcher
 from clipmc.service.settings import Settings
 from clipmc.service.state import ServiceState
 from clipmc.service.thumbnails import ThumbnailStore
@@ -162,6 +163,8 @@ async def _start(state: ServiceState) -> None:
         metrics=state.metrics,
     )
     state.batcher.start()
+    state.searcher = SearchBatcher(state.gallery.search, max_batch=settings.search_max_batch)
+    state.searcher.start()
     state.metrics.info.labels(embedder.embedding_version, embedder.backend, str(embedder.embedding_dim)).set(1)
     state.status = f"warming up the model at batch sizes {list(embedder.batch_sizes)}"
     state.warmup_task = asyncio.get_running_loop().create_task(_warm_up(state), name="clipmc-warmup")
@@ -200,6 +203,8 @@ async def _stop(state: ServiceState) -> None:
             await state.warmup_task
     if state.batcher is not None:
         await state.batcher.stop()
+    if state.searcher is not None:
+        await state.searcher.stop()
     if state.executor is not None:
         await run_in_threadpool(state.executor.shutdown, True)
     if state.owns_gallery and state.gallery is not None:

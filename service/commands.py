@@ -26,13 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="run the HTTP service (query, ingest, web page)",
         description="Run the service. Flags override CLIPMC_* environment variables, which override the "
-        "config file; defaults: torch on the CPU, weights 'openai', a FAISS gallery under ./data/gallery.",
+        "config file; defaults: the fastest runtime this host has (--backend auto), weights 'openai', a FAISS "
+        "gallery under ./data/gallery.",
     )
     p.add_argument("--config", type=Path, help="TOML or JSON settings file (also CLIPMC_CONFIG)")
     p.add_argument("--weights", help="checkpoint directory, 'openai', an .onnx or an .engine file")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"))
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("fp32", "fp16"))
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        help="auto (default): TensorRT on a CUDA host with TensorRT, else ONNX Runtime",
+    )
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16", "int8"),
+        help="auto (default): fp16 on TensorRT, fp32 elsewhere; int8/bf16: CPU opt-ins (run clipmc verify first)",
+    )
     p.add_argument("--engine-dir", type=Path, help="cache of exported ONNX graphs and TensorRT engines")
     p.add_argument("--gallery", type=Path, help="gallery directory (FAISS back-end)")
     p.add_argument("--gallery-backend", choices=("faiss", "milvus"))

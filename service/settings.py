@@ -129,9 +129,13 @@ class Settings(BaseSettings):
 
     # model / runtime (export.create_embedder)
     weights: str = Field("openai", description="checkpoint directory, 'openai', an .onnx or an .engine file")
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
-    device: str = "cpu"
-    precision: Literal["fp32", "fp16"] = "fp32"
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="auto: TensorRT on a CUDA host that has it, else ONNX Runtime (export.selection)"
+    )
+    device: str = Field("auto", description="auto (a CUDA GPU when present), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto: fp16 on TensorRT, fp32 elsewhere; int8 and bf16 are CPU opt-ins"
+    )
     engine_dir: Path | None = None
     batch_sizes: Annotated[tuple[int, ...], NoDecode] = (1, 8, 32)
 
@@ -146,6 +150,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     max_queue: int = Field(1024, ge=1)
+    search_max_batch: int = Field(64, ge=1, le=1024, description="most /query searches run as one batch (1: off)")
 
     # auth
     api_keys: Annotated[list[APIKey], NoDecode] = Field(default_factory=list)

@@ -21,6 +21,7 @@ from clipmc.service.batching import DynamicBatcher
 from clipmc.service.errors import APIError
 from clipmc.service.images import ImageLimits
 from clipmc.service.metrics import Metrics
+from clipmc.service.search_batching import SearchBatcher
 from clipmc.service.settings import Settings
 from clipmc.service.thumbnails import ThumbnailStore
 
@@ -38,6 +39,7 @@ class ServiceState:
     owns_embedder: bool = False  # built at start-up, so closed at shutdown (what was passed in, the caller closes)
     owns_gallery: bool = False
     batcher: DynamicBatcher | None = None
+    searcher: SearchBatcher | None = None  # coalesces concurrent gallery searches
     thumbnails: ThumbnailStore | None = None
     executor: concurrent.futures.ThreadPoolExecutor | None = None
     ready: bool = False

@@ -60,16 +60,14 @@ SHIPPED_PACKAGES = ("clipmc", "model", "export", "gallery", "service")
 #: Their import names.
 SHIPPED_MODULES = ("clipmc", "clipmc.model", "clipmc.export", "clipmc.gallery", "clipmc.service")
 #: pyproject dependency -> what the image installs instead (the two install the same module: never both).
-GPU_SUBSTITUTES = {"onnxruntime": "onnxruntime-gpu"}
+GPU_SUBSTITUTES = {"onnxruntime": "onnxruntime-gpu", "faiss-cpu": "faiss-gpu-cuvs"}
 #: Modules the image takes from its base image rather than from docker/requirements.txt.
 FROM_BASE_IMAGE = {"tensorrt"}
 #: `gpu` extra entries the image leaves out on purpose: TensorRT comes with the base image (matching its
-#: C++ libraries and trtexec); faiss-gpu-cu12 wheels support compute capability 7.0-8.9 only (no Hopper or
-#: Blackwell) and link CUDA 12 beside torch's CUDA 13; no module of the project imports cuda-python.
+#: C++ libraries and trtexec). Every other entry (onnxruntime-gpu, cuda-python for export/cuda_rt.py,
+#: faiss-gpu-cuvs) is pinned in docker/requirements.txt.
 GPU_EXTRA_NOT_IN_IMAGE = {
     "tensorrt": "the base image's TensorRT 10",
-    "faiss-gpu-cu12": "compute capability 7.0-8.9 only; the image searches with faiss-cpu",
-    "cuda-python": "not imported by clipmc",
 }
 #: A syntactically valid API key for settings checks (never a real one).
 TEST_KEY = "test-key-" + "0" * 24
@@ -745,7 +743,9 @@ def test_image_requirements_cover_pyproject() -> None:
     for req in reqs.values():
         pinned_version(req)
     assert not [n for n in reqs if n.startswith("tensorrt")], "TensorRT comes from the base image, one version"
-    assert not [m for m in imported_modules() if m == "cuda"], "cuda-python is imported now: add it to the image"
+    assert "cuda" in imported_modules() and "cuda-python" in reqs, "export/cuda_rt.py imports cuda-python"
+    faiss_builds = [n for n in reqs if n.startswith("faiss")]
+    assert faiss_builds == ["faiss-gpu-cuvs"], f"one FAISS module in the image, the GPU build: {faiss_builds}"
 
 
 def test_image_provides_every_imported_module() -> None:

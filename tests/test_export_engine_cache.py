@@ -182,6 +182,35 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tmp_path):
             create_embedder("tensorrt", weights, device="cuda")
 
 
+def test_tensorrt_runtime_imports_no_torch():
+    """Issue 10 item 2: the TensorRT runtime (and its CUDA helpers) load without torch (cuda-python instead)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import clipmc.export.runtime_trt, clipmc.export.tensorrt_build, clipmc.export.cuda_rt\n"
+        "import clipmc.export.runtime_ort\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_cuda_runtime_errors_are_clear(monkeypatch):
+    """Without cuda-python: an error naming the extra; without a GPU (this CI machine): one saying so."""
+    from clipmc.export import cuda_rt
+
+    if cuda_rt.device_count() == 0:
+        with pytest.raises(cuda_rt.CudaUnavailable, match="needs a CUDA GPU"):
+            cuda_rt.cuda_device("cuda")
+    with pytest.raises(EmbedderError, match="not device 'cpu'"):
+        cuda_rt.cuda_device("cpu")
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # import now fails as if not installed
+    with pytest.raises(cuda_rt.CudaUnavailable, match=r"cuda-python.*clipmc\[gpu\]"):
+        cuda_rt.cuda_device("cuda")
+
+
 # -- real TensorRT: only where it is installed and a GPU is present ------------------------------------
 needs_trt = pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reason="needs TensorRT 10 and a CUDA GPU")
 
@@ -210,3 +239,6 @@ def test_tensorrt_engine_parity_and_cache(tiny_checkpoint, tmp_path, precision, 
         "tensorrt", onnx_path, device="cuda", precision=precision, batch_sizes=(1, 4, 16), engine_dir=tmp_path
     )
     assert again.engine_path == engines[0]
+    emb.close()  # frees the cudaMalloc'd buffers and the stream
+    with pytest.raises(EmbedderError, match="closed"):
+        emb.embed(crops[:1], 0)

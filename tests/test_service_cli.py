@@ -99,8 +99,10 @@ def test_ingest_command_errors(tmp_path, capsys):
     assert "cannot reach" in capsys.readouterr().err
 
 
-def test_serve_refuses_a_gallery_of_another_model(tmp_path, tiny_checkpoint, capsys):
+def test_serve_refuses_a_gallery_of_another_model(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     from clipmc.gallery import open_gallery
+
+    monkeypatch.setenv("CLIPMC_CACHE", str(tmp_path / "cache"))  # --backend auto may export ONNX
 
     open_gallery(tmp_path / "g", 80, "clipmc-tiny.wffffffffffff.288x144-bicubic-clipnorm").close()
     code = main(["serve", "--weights", str(tiny_checkpoint), "--gallery", str(tmp_path / "g"), "--port", "1"])
@@ -140,6 +142,7 @@ def test_serve_subprocess_binds_loopback_without_keys(tmp_path, tiny_checkpoint)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPMC_")}
+    env["CLIPMC_CACHE"] = str(tmp_path / "cache")  # the default back-end (auto) exports ONNX there
     cmd = [sys.executable, "-m", "clipmc.cli", "serve", "--weights", str(tiny_checkpoint)]
     cmd += ["--gallery", str(tmp_path / "g"), "--host", "0.0.0.0", "--port", str(port), "--log-json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -155,6 +158,12 @@ def test_serve_subprocess_binds_loopback_without_keys(tmp_path, tiny_checkpoint)
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.25)
         assert httpx.get(f"http://127.0.0.1:{port}/gallery/stats").json()["count"] == 0  # auth off
+        # The default --backend auto on this host: ONNX Runtime fp32 on the CPU when no CUDA GPU is seen.
+        embedder = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["embedder"]
+        if embedder["selection"]["reason"].startswith("CPU host"):
+            assert (embedder["backend"], embedder["device"], embedder["precision"]) == ("onnxruntime", "cpu", "fp32")
+        assert embedder["selection"]["backend"] == embedder["backend"]
+        assert embedder["selection"]["requested"] == "auto/auto/auto"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -25,7 +25,7 @@ def clean_env(monkeypatch):
 
 def test_defaults_start_a_local_service():
     s = Settings()
-    assert (s.weights, s.backend, s.device, s.gallery_backend) == ("openai", "torch", "cpu", "faiss")
+    assert (s.weights, s.backend, s.device, s.gallery_backend) == ("openai", "auto", "auto", "faiss")
     assert str(s.gallery) == "data/gallery" and s.host == "127.0.0.1" and not s.auth_enabled
     assert str(s.thumbnails_path) == "data/gallery/thumbs"
 

@@ -41,7 +41,10 @@ async def query(request: Request, service: ReadyService = Depends(ready_service)
         until=params.until,
     )
     search_start = time.perf_counter()
-    hits = (await run_in_threadpool(gallery.search, vector, params.top_k, filters))[0]
+    if state.searcher is not None:  # concurrent requests' searches coalesce into one batched search
+        hits = await state.searcher.search(vector, params.top_k, filters)
+    else:
+        hits = (await run_in_threadpool(gallery.search, vector, params.top_k, filters))[0]
     state.metrics.search_latency.observe(time.perf_counter() - search_start)
     return {
         "query_modality": params.modality,
