@@ -11,6 +11,7 @@ The public API, importable from the top::
 
     import clipmc
     model = clipmc.build_model("tiny")                          # or load_checkpoint("runs/x/best")
+    extract = clipmc.FeatureExtractor("runs/x/best")            # extract(["a.jpg"], modality="infrared")
     embedder = clipmc.create_embedder("onnxruntime", "model.onnx")
     gallery = clipmc.open_gallery("data/gallery", dim=embedder.embedding_dim,
                                   embedding_version=embedder.embedding_version)
@@ -31,6 +32,7 @@ _PUBLIC = {
     "build_model": "clipmc.model.factory",
     "load_checkpoint": "clipmc.model.checkpoint",
     "create_embedder": "clipmc.export.factory",
+    "FeatureExtractor": "clipmc.export.extractor",
     "open_gallery": "clipmc.gallery",
     "create_app": "clipmc.service.app",
 }

@@ -17,6 +17,7 @@ from .base import BACKENDS, Embedder, EmbedderError, ExportError
 from .factory import create_embedder
 
 _LAZY = {
+    "FeatureExtractor": ".extractor",
     "TorchEmbedder": ".runtime_torch",
     "OnnxRuntimeEmbedder": ".runtime_ort",
     "TensorRTEmbedder": ".runtime_trt",

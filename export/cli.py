@@ -63,6 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_verify.add_argument("--json", type=Path, help="also write the report as JSON to this file ('-': stdout)")
     p_verify.set_defaults(func=cmd_verify)
 
+    p_embed = sub.add_parser("embed", help="embed a folder of crops into an .npz of vectors (your own images)")
+    p_embed.add_argument("directory", type=Path, help="folder of crops (searched recursively)")
+    p_embed.add_argument("--modality", required=True, help="infrared or visible (every crop of the folder)")
+    p_embed.add_argument("--weights", required=True, help="checkpoint directory, 'openai', .onnx or .engine")
+    p_embed.add_argument("--out", required=True, type=Path, help="output .npz (features, paths, modality, version)")
+    p_embed.add_argument("--backend", default="auto", help="auto (default), torch, onnxruntime or tensorrt")
+    p_embed.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p_embed.add_argument("--batch-size", type=int, default=32)
+    p_embed.set_defaults(func=cmd_embed)
+
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
     from .base import EmbedderError, normalize_batch_sizes
@@ -154,3 +164,42 @@ def _load(weights: str):
         return load_model_weights(weights)
     except PretrainedWeightsError as exc:
         raise ExportCLIError(" ".join(str(exc).split())) from exc
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from clipmc.contract import IMAGE_SUFFIXES, ModalityError, parse_modality
+
+    from .extractor import FeatureExtractor
+
+    if not args.directory.is_dir():
+        raise ExportCLIError(f"{args.directory}: not a directory")
+    if args.out.suffix != ".npz":
+        raise ExportCLIError(f"--out {args.out}: use a .npz file name")
+    try:
+        code = parse_modality(args.modality, "--modality")
+    except ModalityError as exc:
+        raise ExportCLIError(str(exc)) from None
+    if args.batch_size < 1:
+        raise ExportCLIError("--batch-size must be at least 1")
+    files = sorted(p for p in args.directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ExportCLIError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.directory}")
+    extract = FeatureExtractor(args.weights, args.backend, args.device, batch_size=args.batch_size)
+    chunks = []
+    with tqdm(total=len(files), desc="embed", unit="crop", disable=None) as bar:
+        for start in range(0, len(files), args.batch_size):
+            batch = files[start : start + args.batch_size]
+            chunks.append(extract(batch, code))
+            bar.update(len(batch))
+    features = np.concatenate(chunks)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    paths = np.array([p.relative_to(args.directory).as_posix() for p in files])
+    with open(args.out, "wb") as f:
+        np.savez(f, features=features, paths=paths, modality=np.full(len(files), code, np.int64),
+                 embedding_version=np.array(extract.embedding_version))  # fmt: skip
+    extract.close()
+    print(f"wrote {args.out}: {features.shape[0]} x {features.shape[1]} ({extract.embedding_version})")
+    return 0
