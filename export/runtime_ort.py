@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from clipmc.model.preprocess import PreprocessConfig
+
 from .base import GPU_EXTRA, PRECISIONS, Embedder, EmbedderError
 from .engine_cache import batch_profile
 from .graph import INPUT_NAMES, OUTPUT_NAME, read_onnx_metadata
@@ -70,6 +72,7 @@ class OnnxRuntimeEmbedder(Embedder):
             batch_sizes=batch_sizes,
             device=device,
             precision=precision if model_precision == "fp32" else model_precision,
+            preprocessing=PreprocessConfig.from_dict(meta["preprocessing"]),
         )
         self.onnx_path = path
         self.metadata = meta
