@@ -186,7 +186,7 @@ def normalize_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
 
 
 class ExportError(EmbedderError):
-    """The model could not be exported, or an ONNX file is not a CLIP-MC export.
+    """The model could not be exported, or an ONNX file is not a clipmc export.
 
     An EmbedderError (a ValueError) because either way no embedder can be made from it: callers of
     `create_embedder` (the service, the CLIs) handle one exception family."""

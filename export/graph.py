@@ -22,7 +22,7 @@ METADATA_FORMAT = "clipmc-onnx/1"
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The CLIP-MC metadata of an exported file (without loading its weights), decoded."""
+    """The clipmc metadata of an exported file (any architecture; without loading its weights), decoded."""
     import onnx
 
     p = Path(path)

@@ -32,7 +32,8 @@ _PROVIDERS = {
 
 
 class OnnxRuntimeEmbedder(Embedder):
-    """An exported CLIP-MC graph in an ONNX Runtime session; the embedding_version comes from its metadata."""
+    """An exported embedding graph (any architecture) in an ONNX Runtime session; the embedding_version
+    comes from its metadata."""
 
     backend = "onnxruntime"
 
