@@ -151,6 +151,20 @@ def all_config_names() -> dict[str, str]:
     return names
 
 
+def family_of_name(name: str | None) -> str:
+    """The family of a registered config name; None, a JSON file path or an unknown name give the
+    default family (whose recipe then resolves the name, or reports it)."""
+    if name is None:
+        return DEFAULT_FAMILY
+    if Path(name).is_file():
+        try:
+            data = json.loads(Path(name).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return DEFAULT_FAMILY
+        return str(data.get("family", DEFAULT_FAMILY)) if isinstance(data, dict) else DEFAULT_FAMILY
+    return all_config_names().get(name, DEFAULT_FAMILY)
+
+
 def family_of(config: Any) -> str:
     """The family a config instance belongs to (its class's FAMILY attribute)."""
     family = getattr(type(config), "FAMILY", None)

@@ -224,7 +224,7 @@ def test_checkpoint_round_trip_records_the_contract(csdn, csdn_checkpoint):
     assert cfg["family"] == "csdn" and cfg["inputs"] == ["image", "modality"]
     assert cfg["embedding_dim"] == csdn.embedding_dim == 256 + 32
     assert cfg["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and cfg["image_size"] == [128, 64]
-    assert cfg["embedding_version"].startswith("csdn-tiny.w") and cfg["embedding_version"].endswith("imagenetnorm")
+    assert cfg["embedding_version"].startswith("csdn-tiny.r1.w") and cfg["embedding_version"].endswith("imagenetnorm")
     loaded = load_checkpoint(csdn_checkpoint)
     assert type(loaded) is type(csdn) and loaded.config == csdn.config
     assert loaded.embedding_version == cfg["embedding_version"]

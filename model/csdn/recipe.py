@@ -13,10 +13,12 @@
                        wd 5e-4, linear warm-up from x0.01 over 10 epochs, x0.1 at 40 and 70, 120 epochs
 
     out/
-      last/ best/       inference checkpoints; best/ is the final epoch (never chosen on test identities)
+      last/ best/       inference checkpoints; with selection "val" best/ is the stage-3 epoch with the
+                        best mAP on identities held out of training (model.data.selection), with "last"
+                        the final epoch: never a checkpoint chosen on test identities
       train_log.csv     one row per epoch of every stage (column `stage`)
 
-`--resume` is not supported for this recipe (a run restarts from stage 1).
+`--resume` is not supported for this recipe (a run restarts from stage 1): it says so.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ..checkpoint import save_checkpoint
 from ..data.records import INFRARED, VISIBLE, Record
 from ..registry import resolve_config
 from ..sampler import IdentityModalitySampler
-from ..trainer import append_csv_row
+from ..trainer import SELECTION_METRIC, append_csv_row
 from .config import CSDNConfig
 from .data import PlainImages, TwoViewTrainImages, reseed_worker
 from .losses import msel, supcon, weighted_triplet
@@ -60,6 +62,9 @@ class CSDNTrainConfig:
     image_size: tuple[int, int] | None = None
     sii: str | None = None  # "paper" (default of the config) or "code"
     seed: int = 0
+    deterministic: bool = False  # one CPU thread, deterministic algorithms (model.seeding)
+    selection: str = "val"  # "val": best/ on held-out training identities; "last": train on all, keep last/
+    holdout: float = 0.1  # RegDB/LLCM: share of training identities held out for selection (seeded)
     workers: int = 4
     amp: bool = True
     num_ids: int = 8
@@ -118,6 +123,8 @@ class CSDNTrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown CSDN training option(s) {unknown}; known: {sorted(names)}")
         cfg = cls(**data)
+        if cfg.selection not in ("val", "last"):
+            raise ValueError(f"{source}: selection must be 'val' or 'last', got {cfg.selection!r}")
         if cfg.image_size is not None:
             cfg.image_size = tuple(cfg.image_size)  # type: ignore[assignment]
         cfg.milestones = tuple(cfg.milestones)
@@ -306,13 +313,25 @@ def train(
     device: str | torch.device = "cpu",
     evaluate: EvalFn | None = None,
     dataset_info: dict[str, Any] | None = None,
+    selection_split: str = "none: every training identity trained on, last epoch kept",
+    resume: bool = False,
     model: CSDN | None = None,
 ) -> dict[str, Any]:
-    """Run the three stages; returns {"history", "out", "metrics"} (metrics of the final evaluation).
+    """Run the three stages (the registry's recipe entry point); returns {"history", "out", "best"}.
 
-    `model` (optional) must be a CSDN with `num_classes` classifiers; by default it is built from
-    cfg.model / cfg.pretrained.
+    Args:
+        cfg: the recipe's options.
+        train_records: training records, labels 0..num_classes-1.
+        num_classes: training identities (classifiers and prompt learners).
+        out_dir: where last/, best/ and train_log.csv go.
+        device: torch device.
+        evaluate: model -> metrics on held-out identities (selection "val"), or None.
+        dataset_info, selection_split: recorded in the checkpoints' metadata.
+        resume: not supported by this recipe (ValueError).
+        model: a CSDN with `num_classes` classifiers; by default built from cfg.model / cfg.pretrained.
     """
+    if resume:
+        raise ValueError("the CSDN recipe cannot resume a run (its stages 1-2 state is not saved): start it again")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
@@ -377,6 +396,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = cfg.loss_weights
     metrics: dict[str, float] = {}
+    best: dict[str, Any] = {}
     for epoch in range(cfg.epochs):
         t0 = time.time()
         model.train()
@@ -414,12 +434,21 @@ def train(
         log_row(row)
         meta = {"epoch": epoch + 1, "training_args": cfg.to_dict(), "dataset": dataset_info or {}, "metrics": metrics,
                 "recipe": "csdn three-stage"}  # fmt: skip
+        score = metrics.get(SELECTION_METRIC)
+        improved = score is not None and score > best.get(SELECTION_METRIC, -float("inf"))
+        if improved or (evaluate is None and last):
+            meta["selection"] = {"split": selection_split, "metric": SELECTION_METRIC if improved else None,
+                                 "value": score if improved else None, "epoch": epoch + 1}  # fmt: skip
         save_checkpoint(model, out / "last", **meta)
-    # best/ is the final epoch: never a checkpoint chosen on test identities.
-    shutil.rmtree(out / "best", ignore_errors=True)
-    shutil.copytree(out / "last", out / "best")
+        if improved or (evaluate is None and last):
+            best = {"epoch": epoch + 1, **metrics}
+            tmp = out / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(out / "last", tmp)
+            shutil.rmtree(out / "best", ignore_errors=True)
+            tmp.rename(out / "best")
     model.eval()
-    return {"history": history, "out": str(out), "metrics": metrics}
+    return {"history": history, "out": str(out), "best": best}
 
 
 __all__ = [
