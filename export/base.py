@@ -53,6 +53,7 @@ class Embedder(abc.ABC):
         batch_sizes: Sequence[int],
         device: str,
         precision: str,
+        preprocessing: PreprocessConfig | None = None,
     ) -> None:
         self.embedding_dim = int(embedding_dim)
         self.embedding_version = str(embedding_version)
@@ -60,7 +61,12 @@ class Embedder(abc.ABC):
         self.batch_sizes = normalize_batch_sizes(batch_sizes)
         self.device = device
         self.precision = precision
-        self._preprocess_cfg = PreprocessConfig(height=self.image_size[0], width=self.image_size[1])
+        # The model's own normalisation (from its checkpoint / ONNX metadata; CLIP's when not recorded).
+        self._preprocess_cfg = preprocessing or PreprocessConfig(height=self.image_size[0], width=self.image_size[1])
+        if (self._preprocess_cfg.height, self._preprocess_cfg.width) != self.image_size:
+            raise EmbedderError(
+                f"preprocessing size {self._preprocess_cfg} does not match image_size {self.image_size}"
+            )
         #: How `create_embedder` chose this runtime (`selection.Selection.as_dict()`), shown by /readyz.
         self.selection: dict[str, str] | None = None
 
@@ -93,6 +99,11 @@ class Embedder(abc.ABC):
     def close(self) -> None:  # noqa: B027 - an optional hook: not every runtime holds resources
         """Release runtime resources (sessions, engines, device memory)."""
 
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        """The contract's preprocessing of this model: input size and normalisation."""
+        return self._preprocess_cfg
+
     def describe(self) -> dict[str, Any]:
         """What /readyz, logs and benchmark reports show about this embedder."""
         return {
@@ -102,6 +113,7 @@ class Embedder(abc.ABC):
             "embedding_dim": self.embedding_dim,
             "embedding_version": self.embedding_version,
             "image_size": list(self.image_size),
+            "normalization": self._preprocess_cfg.normalization,
             "batch_sizes": list(self.batch_sizes),
             "selection": self.selection,
         }
@@ -177,7 +189,7 @@ def normalize_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
 
 
 class ExportError(EmbedderError):
-    """The model could not be exported, or an ONNX file is not a CLIP-MC export.
+    """The model could not be exported, or an ONNX file is not a clipmc export.
 
     An EmbedderError (a ValueError) because either way no embedder can be made from it: callers of
     `create_embedder` (the service, the CLIs) handle one exception family."""

@@ -16,13 +16,13 @@ from .base import ExportError
 if TYPE_CHECKING:
     import onnx
 
-INPUT_NAMES = ("image", "modality")
+INPUT_NAMES = ("image", "modality")  # every architecture's first two inputs (camera may follow)
 OUTPUT_NAME = "embedding"
 METADATA_FORMAT = "clipmc-onnx/1"
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The CLIP-MC metadata of an exported file (without loading its weights), decoded."""
+    """The clipmc metadata of an exported file (any architecture; without loading its weights), decoded."""
     import onnx
 
     p = Path(path)
@@ -41,6 +41,8 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta["image_size"] = tuple(json.loads(props["image_size"]))
     meta["preprocessing"] = json.loads(props["preprocessing"])
     meta["architecture_config"] = json.loads(props.get("architecture_config", "{}"))
+    meta["family"] = props.get("family", "clipmc")  # exports from before the registry are CLIP-MC
+    meta["input_names"] = tuple(json.loads(props.get("input_names", json.dumps(list(INPUT_NAMES)))))
     return meta
 
 

@@ -1,9 +1,13 @@
-"""Export the CLIP-MC inference path as one ONNX graph (DESIGN.md sections 3 and 6).
+"""Export the inference path of any registered architecture as one ONNX graph (DESIGN.md sections 3,
+6 and 12).
 
-Graph: `image` float32 [N, 3, H, W] and `modality` int64 [N] in, `embedding` float32 [N, D] out; only
-N is dynamic. Everything that does not depend on the image (the prompt word embeddings, the MCL
-contexts with their running-mean MLP, the causal mask) is folded into constants, so neither a tokenizer
-nor the 49408-row token table is in the file.
+Graph: the architecture's inputs (`image` float32 [N, 3, H, W], `modality` int64 [N], and `camera`
+int64 [N] where the method needs it) in, `embedding` float32 [N, D] out; only N is dynamic. The graph
+is the registry's inference graph of the model (model.registry), and its metadata carries the
+checkpoint's embedding contract: dimension, input size, normalisation and input names. Everything
+that does not depend on the image (for CLIP-MC the prompt word embeddings, the MCL contexts with their
+running-mean MLP, the causal mask) is folded into constants, so neither a tokenizer nor the 49408-row
+token table is in the file; CSDN's graph holds the image path only.
 
 Why the dynamo exporter (`torch.onnx.export(..., dynamo=True)`): both exporters of torch 2.15 give
 fp32 parity to ~1e-7 on this model, but the TorchScript exporter (`dynamo=False`, deprecated) leaves
@@ -32,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 from clipmc.contract import atomic_write
 
 from .base import ExportError, default_cache_dir
-from .graph import INPUT_NAMES, METADATA_FORMAT, OUTPUT_NAME, onnx_opset, read_onnx_metadata
+from .graph import METADATA_FORMAT, OUTPUT_NAME, onnx_opset, read_onnx_metadata
 
 if TYPE_CHECKING:
     import onnx
 
-    from clipmc.model.clipmc import CLIPMC
+    from clipmc.model.registry import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ _MAX_BATCH = 4096  # upper bound the exporter records for the dynamic batch axis
 
 
 def export_onnx(
-    model: CLIPMC,
+    model: EmbeddingModel,
     out: str | os.PathLike,
     *,
     opset: int = DEFAULT_OPSET,
@@ -79,18 +83,32 @@ def export_onnx(
         model.train(was_training)
 
 
-def _export(model: CLIPMC, out: Path, opset: int, embedding_version: str | None, check: bool) -> Path:
+def example_inputs(names: tuple[str, ...], image_size: tuple[int, int], n: int = 2) -> tuple[Any, ...]:
+    """Random example tensors for the graph's inputs, in order (modality and camera alternate 0, 1)."""
+    import torch
+
+    h, w = image_size
+    table = {
+        "image": lambda: torch.randn(n, 3, h, w),
+        "modality": lambda: torch.arange(n, dtype=torch.int64) % 2,
+        "camera": lambda: torch.arange(n, dtype=torch.int64) % 2,
+    }
+    return tuple(table[name]() for name in names)
+
+
+def _export(model: EmbeddingModel, out: Path, opset: int, embedding_version: str | None, check: bool) -> Path:
     import onnx
     import torch
 
-    from clipmc.model.clipmc import EmbeddingGraph
+    from clipmc.model.registry import architecture_of
     from clipmc.model.version import preprocess_config
 
+    arch = architecture_of(model)
     version = embedding_version or model.embedding_version
     h, w = model.config.image_size
-    graph = EmbeddingGraph(model).eval()
+    graph = arch.inference_graph(model).eval()
     # Batch 2, not 1: torch.export specialises a dimension whose example size is 0 or 1.
-    example = (torch.zeros(2, 3, h, w), torch.tensor([0, 1], dtype=torch.int64))
+    example = tuple(torch.zeros_like(t) for t in example_inputs(arch.inputs, (h, w)))
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
     log.info("exporting %s (%s) to ONNX opset %d", model.config.name, version, opset)
     t0 = time.perf_counter()
@@ -100,9 +118,9 @@ def _export(model: CLIPMC, out: Path, opset: int, embedding_version: str | None,
             graph,
             example,
             None,
-            input_names=list(INPUT_NAMES),
+            input_names=list(arch.inputs),
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"image": {0: batch}, "modality": {0: batch}},
+            dynamic_shapes={name: {0: batch} for name in arch.inputs},
             opset_version=opset,
             dynamo=True,
             optimize=False,  # fold_constants runs the same optimiser without its size limits
@@ -118,15 +136,18 @@ def _export(model: CLIPMC, out: Path, opset: int, embedding_version: str | None,
         "embedding_version": version,
         "embedding_dim": str(model.embedding_dim),
         "architecture": model.config.name,
+        "family": arch.family,
+        "input_names": json.dumps(list(arch.inputs)),
         "architecture_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "image_size": json.dumps([h, w]),
         "preprocessing": json.dumps(preprocess_config(model.config).to_dict(), sort_keys=True),
         "opset": str(got_opset),
-        "inputs": "image float32 [N,3,H,W] (model.preprocess.normalize); modality int64 [N] (0 visible, 1 infrared)",
+        "inputs": "image float32 [N,3,H,W] (model.preprocess.normalize); modality int64 [N] (0 visible, 1 infrared)"
+        + ("; camera int64 [N] (the checkpoint's camera index)" if "camera" in arch.inputs else ""),
         "output": "embedding float32 [N,D], L2-normalised; similarity is the dot product",
     }
     onnx.helper.set_model_props(proto, metadata)
-    proto.producer_name, proto.doc_string = "clipmc", "CLIP-MC embedding graph (DESIGN.md section 3)"
+    proto.producer_name, proto.doc_string = "clipmc", f"{arch.family} embedding graph ({arch.summary})"
     if check:
         onnx.checker.check_model(proto, full_check=True)
     _atomic_save(proto, out)
@@ -250,19 +271,20 @@ def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
     atomic_write(out, lambda tmp: onnx.save(proto, str(tmp)))
 
 
-def _smoke_parity(model: CLIPMC, path: Path) -> None:
+def _smoke_parity(model: EmbeddingModel, path: Path) -> None:
     """Two random images through torch and ONNX Runtime: catches a broken export at export time."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
-    h, w = model.config.image_size
-    x = torch.randn(2, 3, h, w)
-    m = torch.tensor([1, 0])
+    from clipmc.model.registry import architecture_of
+
+    names = architecture_of(model).inputs
+    inputs = example_inputs(names, model.config.image_size)
     with torch.no_grad():
-        ref = model.embed(x, m).numpy()
+        ref = model.embed(*inputs).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {"image": x.numpy(), "modality": m.numpy()})[0]
+    got = session.run([OUTPUT_NAME], {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     if not np.all(cos >= 0.99999):
         raise ExportError(f"{path}: ONNX Runtime disagrees with torch after export (cosine {cos.min():.6f})")

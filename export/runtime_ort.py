@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from clipmc.model.preprocess import PreprocessConfig
+
 from .base import GPU_EXTRA, PRECISIONS, Embedder, EmbedderError
 from .engine_cache import batch_profile
 from .graph import INPUT_NAMES, OUTPUT_NAME, read_onnx_metadata
@@ -31,7 +33,8 @@ _PROVIDERS = {
 
 
 class OnnxRuntimeEmbedder(Embedder):
-    """An exported CLIP-MC graph in an ONNX Runtime session; the embedding_version comes from its metadata."""
+    """An exported embedding graph (any architecture) in an ONNX Runtime session; the embedding_version
+    comes from its metadata."""
 
     backend = "onnxruntime"
 
@@ -78,6 +81,7 @@ class OnnxRuntimeEmbedder(Embedder):
             batch_sizes=batch_sizes,
             device=device,
             precision=precision if model_precision == "fp32" else model_precision,
+            preprocessing=PreprocessConfig.from_dict(meta["preprocessing"]),
         )
         self.onnx_path = path
         self.metadata = meta

@@ -12,11 +12,11 @@ from .base import PRECISIONS, Embedder, EmbedderError
 if TYPE_CHECKING:
     import torch
 
-    from clipmc.model.clipmc import CLIPMC
+    from clipmc.model.registry import EmbeddingModel
 
 
 class TorchEmbedder(Embedder):
-    """The reference runtime: `CLIPMC.embed` in PyTorch on CPU or CUDA.
+    """The reference runtime: the model's `embed` (any registered architecture) in PyTorch on CPU or CUDA.
 
     fp16 uses CUDA autocast rather than `.half()`: autocast runs matmuls and convolutions in fp16
     while LayerNorm, softmax and the norms of the final L2 normalisation stay fp32 (autocast's fp32
@@ -29,7 +29,7 @@ class TorchEmbedder(Embedder):
 
     def __init__(
         self,
-        model: CLIPMC,
+        model: EmbeddingModel,
         *,
         device: str = "cpu",
         precision: str = "fp32",
@@ -40,7 +40,7 @@ class TorchEmbedder(Embedder):
     ) -> None:
         import torch
 
-        from clipmc.model.clipmc import EmbeddingGraph
+        from clipmc.model.registry import architecture_of
 
         dev = torch_device(device)
         if precision not in PRECISIONS:
@@ -57,10 +57,11 @@ class TorchEmbedder(Embedder):
             batch_sizes=batch_sizes,
             device=str(dev),
             precision=precision,
+            preprocessing=model.config.preprocessing(),
         )
         self.model = model.eval().to(dev)
         self._torch_device = dev
-        graph: Any = EmbeddingGraph(self.model)
+        graph: Any = architecture_of(self.model).inference_graph(self.model)
         if compile:
             graph = torch.compile(graph, mode=compile_mode, dynamic=False)
         self._graph = graph

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from clipmc.model.preprocess import PreprocessConfig
+
 from .base import Embedder, EmbedderError, normalize_batch_sizes
 from .cuda_rt import DeviceBuffer, PinnedArray, Stream, cuda_device, on_device
 from .engine_cache import read_sidecar
@@ -64,6 +66,7 @@ class TensorRTEmbedder(Embedder):
             batch_sizes=sizes,
             device=str(dev),
             precision=meta["precision"],
+            preprocessing=PreprocessConfig.from_dict(meta["preprocessing"]) if "preprocessing" in meta else None,
         )
         self.engine_path = path
         self.metadata = meta

@@ -113,6 +113,7 @@ def build_engine(
             "embedding_dim": meta["embedding_dim"],
             "image_size": list(meta["image_size"]),
             "architecture": meta.get("architecture"),
+            "preprocessing": meta["preprocessing"],
             "precision": precision,
             "batch_sizes": list(sizes),
             "profile": list(batch_profile(sizes)),

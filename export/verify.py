@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from clipmc.contract import IMAGE_SUFFIXES
+from clipmc.model.preprocess import PreprocessConfig
 
 from .base import Embedder
 
@@ -205,16 +206,16 @@ def random_inputs(n: int, image_size: tuple[int, int]) -> tuple[np.ndarray, np.n
 
 
 def folder_inputs(
-    directory: str | Path, image_size: tuple[int, int], limit: int = 64
+    directory: str | Path, image_size: tuple[int, int], limit: int = 64, preprocessing: PreprocessConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The user's crops through the contract's preprocessing, each embedded as both modalities:
     the infrared copies are the queries and the visible copies the gallery."""
-    from clipmc.model.preprocess import PreprocessConfig, preprocess
+    from clipmc.model.preprocess import preprocess
 
     files = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if len(files) < 2:
         raise ValueError(f"{directory}: needs at least 2 images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    cfg = PreprocessConfig(height=image_size[0], width=image_size[1])
+    cfg = preprocessing or PreprocessConfig(height=image_size[0], width=image_size[1])
     tensors = np.stack([preprocess(f, cfg) for f in files])
     n = len(files)
     images = np.concatenate([tensors, tensors])
@@ -243,7 +244,8 @@ def parity_report(
     if not any("embedding_dim" in c for c in checks):
         inputs = [("random", random_inputs(n_random, reference.image_size))]
         if images_dir is not None:
-            inputs.append((f"images ({Path(images_dir).name})", folder_inputs(images_dir, reference.image_size)))
+            folder = folder_inputs(images_dir, reference.image_size, preprocessing=reference.preprocessing)
+            inputs.append((f"images ({Path(images_dir).name})", folder))
         for label, (images, modality, queries) in inputs:
             for name, cand in candidates.items():
                 log.info("comparing %s with torch on %s inputs (%d)", name, label, len(images))

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 from .base import EmbedderError
 
 if TYPE_CHECKING:
-    from clipmc.model.clipmc import CLIPMC
+    from clipmc.model.registry import EmbeddingModel
 
 OPEN_CLIP_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def load_model_weights(weights: str | os.PathLike) -> tuple[CLIPMC, str]:
-    """(model, embedding_version) for a checkpoint directory, "openai" (zero-shot CLIP ViT-B/16 from
-    open_clip's cache or download) or a local open_clip ViT-B-16 weights file (zero-shot, offline)."""
+def load_model_weights(weights: str | os.PathLike) -> tuple[EmbeddingModel, str]:
+    """(model, embedding_version) for a checkpoint directory (any registered architecture), "openai"
+    (zero-shot CLIP ViT-B/16 from open_clip's cache or download) or a local open_clip ViT-B-16 weights
+    file (zero-shot, offline)."""
     from clipmc.model.checkpoint import load_checkpoint, read_checkpoint_config
 
     if weights_kind(weights) == "zero-shot":

@@ -1,8 +1,10 @@
-"""CLIP-MC checkpoints: safetensors weights plus a JSON config (DESIGN.md sections 2 and 4).
+"""Checkpoints of every registered architecture: safetensors weights plus a JSON config (DESIGN.md
+sections 2, 4 and 12).
 
 A checkpoint is a directory:
 
-    config.json          architecture, image size, preprocessing, embedding_version, metadata
+    config.json          family (model.registry; "clipmc" when absent), architecture, image size,
+                         embedding dimension, preprocessing, embedding_version, metadata
     model.safetensors    the weights; config.json records their sha256
 
 The `embedding_version` (architecture + weights hash + preprocessing) travels with the vectors into
@@ -23,8 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from clipmc.contract import atomic_write, file_sha256
 
-from .clipmc import CLIPMC
-from .config import ModelConfig
+from .registry import DEFAULT_FAMILY, EmbeddingModel, architecture_of, get_architecture
 from .version import compute_embedding_version, preprocess_config
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupt or does not match its config."""
 
 
-def save_checkpoint(model: CLIPMC, path: str | os.PathLike, **metadata: Any) -> Path:
-    """Write the checkpoint directory atomically (files written to temp names, then renamed)."""
+def save_checkpoint(model: EmbeddingModel, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Write the checkpoint directory atomically (files written to temp names, then renamed).
+
+    Any registered architecture; the embedding contract (dimension, input size, normalisation and the
+    inference inputs) is written next to the weights so that runtimes read it without building the model.
+    """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -54,8 +59,11 @@ def save_checkpoint(model: CLIPMC, path: str | os.PathLike, **metadata: Any) -> 
     # Weights first, then the config that vouches for them: a crash in between leaves a config whose
     # sha256 no longer matches, which load_checkpoint reports, never a silently mixed checkpoint.
     atomic_write(out / WEIGHTS_FILE, write_weights)
+    arch = architecture_of(model)
     config = {
         "format": FORMAT,
+        "family": arch.family,
+        "inputs": list(arch.inputs),
         "architecture": model.config.to_dict(),
         "image_size": list(model.config.image_size),
         "embedding_dim": model.config.embedding_dim,
@@ -81,17 +89,16 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a CLIP-MC checkpoint config (format != {FORMAT!r})")
+        raise CheckpointError(f"{cfg_path}: not a clipmc checkpoint config (format != {FORMAT!r})")
     for key in ("architecture", "embedding_version", "weights_sha256"):
         if key not in cfg:
             raise CheckpointError(f"{cfg_path}: missing field {key!r}")
     return cfg
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CLIPMC:
-    """Rebuild the model from a checkpoint directory; every failure names the file and the problem."""
-    from .factory import build_model  # local: factory imports open_clip, which is slow to import
-
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Rebuild the model of any registered architecture from a checkpoint directory; every failure
+    names the file and the problem."""
     directory = _checkpoint_dir(path)
     cfg = read_checkpoint_config(directory)
     weights = directory / cfg.get("weights_file", WEIGHTS_FILE)
@@ -108,10 +115,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from exc
     try:
-        config = ModelConfig.from_dict(cfg["architecture"])
+        arch = get_architecture(str(cfg.get("family", DEFAULT_FAMILY)))
+        config = arch.config_from_dict(cfg["architecture"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: bad architecture ({exc})") from exc
-    model = build_model(config)
+    model = arch.build(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -20,13 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train CLIP-MC on SYSU-MM01, RegDB, LLCM or a folder in one of their layouts")
+    p = sub.add_parser("train", help="train a registered architecture (CLIP-MC, CSDN) on SYSU-MM01, RegDB, LLCM or a "
+                       "folder in one of their layouts")  # fmt: skip
     p.add_argument("--dataset", required=True, help="sysu | regdb | llcm, or a dataset folder")
     p.add_argument("--data-root", help="the dataset's root folder (not needed when --dataset is a folder)")
     p.add_argument("--split", type=int, default=1, help="RegDB split 1..10 (one model per split)")
-    p.add_argument("--config", help="JSON file of training options (see model/trainer.py TrainConfig)")
+    p.add_argument("--config", help="JSON file of training options (the recipe's RecipeConfig: model/trainer.py "
+                   "TrainConfig for CLIP-MC, model/csdn/recipe.py CSDNTrainConfig for CSDN)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder: last/, best/, train_log.csv, tensorboard/")
-    p.add_argument("--model", help="architecture: vit-b-16 (default) or tiny")
+    p.add_argument("--model", help="architecture: vit-b-16 (default), tiny, csdn-rn50 or csdn-tiny")
     p.add_argument("--pretrained", help="'openai', a local open_clip checkpoint file, or 'none'")
     p.add_argument("--image-size", help="H,W (default 288,144)")
     p.add_argument("--epochs", type=int)
@@ -103,14 +105,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     info = {
         "checkpoint": str(args.checkpoint),
+        "family": cfg.get("family", "clipmc"),
         "architecture": model.config.name,
         "embedding_version": cfg["embedding_version"],
         "embedding_dim": model.embedding_dim,
         "image_size": list(model.config.image_size),
         "parameters": count_parameters(model),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "mc_alpha": float(model.mc.alpha.detach()) if model.mc is not None else None,
-        "ablate": list(model.config.ablate),
+        "normalization": model.config.preprocessing().normalization,
+        # CLIP-MC's compensation weight and ablations (None / [] for architectures without them)
+        "mc_alpha": float(model.mc.alpha.detach()) if getattr(model, "mc", None) is not None else None,
+        "ablate": list(getattr(model.config, "ablate", ())),
         "metadata": cfg.get("metadata", {}),
     }
     if args.json:
@@ -158,11 +163,14 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train any registered architecture with its own recipe (model.registry): the family comes from
+    --model or the config file's "model" (CLIP-MC's vit-b-16 by default)."""
     from .data.selection import holdout_split
-    from .factory import build_model
+    from .registry import family_of_name, get_architecture
     from .seeding import deterministic_mode, seed_everything
-    from .trainer import TrainConfig, Trainer
 
+    file_options = _read_json_options(args.config) if args.config else {}
+    recipe = get_architecture(family_of_name(args.model or file_options.get("model"))).recipe
     overrides = {
         "model": args.model,
         "pretrained": args.pretrained,
@@ -177,9 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "eval_every": args.eval_every,
     }
     cfg = (
-        TrainConfig.from_file(args.config, **overrides)
+        recipe.RecipeConfig.from_file(args.config, **overrides)
         if args.config
-        else TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+        else recipe.RecipeConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     )
     if cfg.pretrained in ("none", ""):
         cfg.pretrained = None
@@ -195,26 +203,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         train, num_classes, validation = dataset.train, dataset.num_classes, None
         description = "none: every training identity trained on, last epoch kept"
+    evaluate = None
+    if validation is not None:
+        val = validation
+
+        def evaluate(m) -> dict[str, float]:
+            results = evaluate_model(m, val, device=device, workers=0, progress=False)
+            return results.settings["val"].mean
+
+    info = {"name": dataset.name, "root": str(dataset.root), "num_classes": num_classes,
+            "selection_split": description}  # fmt: skip
     with deterministic_mode(cfg.deterministic):
         seed_everything(cfg.seed)  # before the model is built: it fixes the initial weights
-        model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size, ablate=cfg.ablate)
-        evaluate = None
-        if validation is not None:
-            val = validation
-
-            def evaluate(m) -> dict[str, float]:
-                results = evaluate_model(m, val, device=device, workers=0, progress=False)
-                return results.settings["val"].mean
-
-        info = {"name": dataset.name, "root": str(dataset.root), "num_classes": num_classes,
-                "selection_split": description}  # fmt: skip
-        trainer = Trainer(model, train, num_classes, cfg, args.out, device=device, evaluate=evaluate,
-                          dataset_info=info, selection_split=description)  # fmt: skip
-        if args.resume:
-            trainer.resume()
-        result = trainer.fit()
+        result = recipe.train(cfg, train, num_classes, args.out, device=device, evaluate=evaluate,
+                              dataset_info=info, selection_split=description, resume=args.resume)  # fmt: skip
     print(json.dumps({"out": result["out"], "best": result["best"]}, indent=2))
     return 0
+
+
+def _read_json_options(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: training config not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config is a JSON object of options")
+    return data
 
 
 def evaluate_model(model, dataset, settings=None, trials=None, *, device="cpu", flip=False, batch_size=64,

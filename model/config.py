@@ -11,9 +11,15 @@ import copy
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from .preprocess import PreprocessConfig
 
 IMAGE_SIZE = (288, 144)  # (H, W), DESIGN.md section 2
+# r2: MC's compensation term factored out (same vectors), MCL's last layer near-zero instead of zero
+# init, ablations in the architecture. Bump on any change that alters vectors for given weights
+# (the revision of CLIPMC.embed; part of every CLIP-MC embedding_version, see model/version.py).
+INFERENCE_REVISION = 2
 
 # Modules an ablation can remove (DESIGN.md section 3): "mc" f_full = f_img; "itpg" the instance slot holds
 # learnable tokens shared by all images; "mcl" one context for both modalities; "text" no text encoder at
@@ -37,6 +43,8 @@ def normalise_ablations(values: object) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one CLIP-MC network."""
+
+    FAMILY: ClassVar[str] = "clipmc"  # its entry in model.registry
 
     name: str
     clip: dict[str, Any]  # open_clip model config: embed_dim, vision_cfg, text_cfg, quick_gelu
@@ -74,6 +82,15 @@ class ModelConfig:
     def embedding_dim(self) -> int:
         """Length of the retrieval vector concat[f_cls, f_full]."""
         return self.vision_width + self.embed_dim
+
+    def version_stem(self) -> str:
+        """The architecture part of the embedding_version: "clipmc-vit-b-16.r2", "clipmc-tiny-no-mc.r2"."""
+        arch = self.name + (f"-no-{'-'.join(self.ablate)}" if self.ablate else "")
+        return f"clipmc-{arch}.r{INFERENCE_REVISION}"
+
+    def preprocessing(self) -> PreprocessConfig:
+        """The embedding contract's preprocessing: our image size, CLIP's normalisation."""
+        return PreprocessConfig(height=self.image_size[0], width=self.image_size[1])
 
     def open_clip_cfg(self) -> dict[str, Any]:
         """The open_clip config with the image size set to ours (position grid sized at build)."""
@@ -123,6 +140,11 @@ _TINY = ModelConfig(
 )
 
 NAMED_CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_VIT_B_16, _TINY)}
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """The registry's entry point (model.registry): a checkpoint's architecture dict -> config."""
+    return ModelConfig.from_dict(d)
 
 
 def get_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides: Any) -> ModelConfig:

@@ -1,5 +1,7 @@
 """Build CLIP-MC from a named configuration, with open_clip's weights (DESIGN.md section 3).
 
+`build_model` builds any registered architecture (model.registry); `build` is CLIP-MC's own builder.
+
 The open_clip CLIP model is built at our image size (288 x 144, an 18 x 9 patch grid) and pretrained
 weights are loaded with open_clip's own loader, which interpolates the position embedding once, at
 load time.
@@ -19,7 +21,7 @@ import torch
 from open_clip import pretrained as oc_pretrained
 
 from .clipmc import CLIPMC, PROMPT_LEN, PROMPT_TEMPLATE
-from .config import ModelConfig, get_config
+from .config import ModelConfig, get_config, normalise_ablations
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +114,22 @@ def build_model(
     cache_dir: str | None = None,
     image_size: tuple[int, int] | None = None,
     ablate: Sequence[str] | None = None,
-) -> CLIPMC:
-    """Build CLIP-MC.
+) -> Any:
+    """Build any registered architecture (model.registry) by name, config, dict or JSON file.
 
     pretrained: None (random init), an open_clip tag ("openai"), or a local open_clip checkpoint file.
     image_size: override (H, W); default 288 x 144.
     ablate: modules to remove ("mc", "itpg", "mcl", "text"; see config.ABLATIONS); default none.
     """
-    config = get_config(name_or_config, image_size=image_size, ablate=ablate)
+    from .registry import build_model as build_registered
+
+    overrides = {"ablate": normalise_ablations(ablate)} if ablate is not None else {}
+    return build_registered(name_or_config, pretrained, cache_dir=cache_dir, image_size=image_size, **overrides)
+
+
+def build(config: ModelConfig, pretrained: str | None = None, *, cache_dir: str | None = None) -> CLIPMC:
+    """CLIP-MC's builder (its model.registry entry): open_clip CLIP at our image size, then the heads."""
+    config = get_config(config)
     path = resolve_pretrained(config, pretrained, cache_dir) if pretrained else None  # fail before building
     clip = build_clip(config)
     if path:

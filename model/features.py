@@ -1,5 +1,6 @@
 """Feature extraction for evaluation: records -> L2-normalised retrieval vectors, through the one
-preprocessing function and `CLIPMC.embed` (optionally averaged with the horizontally flipped crop)."""
+preprocessing function (with the model's own normalisation) and the model's `embed`, any registered
+architecture (optionally averaged with the horizontally flipped crop)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .clipmc import CLIPMC
 from .data.records import Record
 from .preprocess import PreprocessConfig, preprocess
+from .registry import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class _EvalImages(Dataset):
 
 @torch.no_grad()
 def extract_features(
-    model: CLIPMC,
+    model: EmbeddingModel,
     records: Sequence[Record],
     *,
     device: str | torch.device = "cpu",
@@ -43,10 +44,7 @@ def extract_features(
     desc: str = "features",
 ) -> np.ndarray:
     """[N, D] float32 features in record order; each record is embedded with its own modality."""
-    h, w = model.config.image_size
-    loader = DataLoader(
-        _EvalImages(records, PreprocessConfig(height=h, width=w)), batch_size=batch_size, num_workers=workers
-    )
+    loader = DataLoader(_EvalImages(records, model.config.preprocessing()), batch_size=batch_size, num_workers=workers)
     was_training = model.training
     model.eval()
     out = []

@@ -16,6 +16,10 @@ from PIL import Image, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Named normalisations: the name goes into the embedding_version tag.
+NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 DEFAULT_SIZE = (288, 144)  # (H, W)
 
 ImageLike = Image.Image | np.ndarray | bytes | str | Path
@@ -33,10 +37,42 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
+    @classmethod
+    def named(cls, height: int, width: int, normalization: str = "clip") -> PreprocessConfig:
+        """The config of a named normalisation ("clip" or "imagenet") at (height, width)."""
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {normalization!r}: use one of {sorted(NORMALIZATIONS)}")
+        mean, std = NORMALIZATIONS[normalization]
+        return cls(height=height, width=width, mean=mean, std=std)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        """Inverse of `to_dict` (as stored in checkpoints, ONNX metadata and engine sidecars)."""
+        return cls(
+            height=int(d["height"]),
+            width=int(d["width"]),
+            interpolation=str(d.get("interpolation", "bicubic")),
+            mean=tuple(float(v) for v in d.get("mean", CLIP_MEAN)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d.get("std", CLIP_STD)),  # type: ignore[arg-type]
+        )
+
+    @property
+    def normalization(self) -> str:
+        """ "clip", "imagenet", or "custom" for any other mean/std."""
+        for name, (mean, std) in NORMALIZATIONS.items():
+            if tuple(self.mean) == tuple(mean) and tuple(self.std) == tuple(std):
+                return name
+        return "custom"
+
     @property
     def tag(self) -> str:
-        """Short identifier that goes into the embedding_version."""
-        return f"{self.height}x{self.width}-{self.interpolation}-clipnorm"
+        """Short identifier that goes into the embedding_version (e.g. 288x144-bicubic-clipnorm)."""
+        norm = self.normalization
+        if norm == "custom":  # a hash keeps two custom normalisations apart
+            import hashlib
+
+            norm = "custom" + hashlib.sha256(repr((tuple(self.mean), tuple(self.std))).encode()).hexdigest()[:8]
+        return f"{self.height}x{self.width}-{self.interpolation}-{norm}norm"
 
     def to_dict(self) -> dict:
         return {

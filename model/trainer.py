@@ -434,3 +434,33 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
 def _fmt(row: dict[str, Any]) -> str:
     keys = ("total", "id_full", "tri_full", "compensation", "alpha", "comp_share", "eval_R1", "eval_mAP", "seconds")
     return " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
+
+
+# -- the registry's recipe entry point (model.registry) ---------------------------------------------
+RecipeConfig = TrainConfig  # the recipe's options, as every registered recipe names them
+
+
+def train(
+    cfg: TrainConfig,
+    train_records: Sequence[Record],
+    num_classes: int,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    evaluate: EvalFn | None = None,
+    dataset_info: dict[str, Any] | None = None,
+    selection_split: str = "none: every training identity trained on, last epoch kept",
+    resume: bool = False,
+) -> dict[str, Any]:
+    """CLIP-MC's one-stage recipe: build the model of `cfg` (call after seeding), then `Trainer.fit`.
+
+    Returns {"history", "best", "out"}; `resume` continues the run in `out_dir` from its last epoch.
+    """
+    from .factory import build_model
+
+    model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size, ablate=cfg.ablate)
+    trainer = Trainer(model, train_records, num_classes, cfg, out_dir, device=device, evaluate=evaluate,
+                      dataset_info=dataset_info, selection_split=selection_split)  # fmt: skip
+    if resume:
+        trainer.resume()
+    return trainer.fit()

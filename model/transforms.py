@@ -26,10 +26,12 @@ class TrainTransform:
         channel_p: float = 0.5,
         gray_p: float = 0.2,
         seed: int | None = None,
+        preprocessing: PreprocessConfig | None = None,
     ) -> None:
         self.size, self.pad = size, pad
         self.flip_p, self.erase_p, self.channel_p, self.gray_p = flip_p, erase_p, channel_p, gray_p
-        self.cfg = PreprocessConfig(height=size[0], width=size[1])
+        # The architecture's own normalisation (CLIP's by default; CSDN records ImageNet's).
+        self.cfg = preprocessing or PreprocessConfig(height=size[0], width=size[1])
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image, modality: int) -> torch.Tensor:
