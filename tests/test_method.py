@@ -340,6 +340,7 @@ def test_train_selects_best_on_validation_identities_and_reads_no_test_image(tmp
     selection = best["selection"]
     assert set(selection) == {"split", "metric", "value", "epoch"}
     assert "val_id.txt" in selection["split"] and selection["metric"] == "mAP"
+    assert best["metrics_split"] == selection["split"]
     with open(out / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     best_row = max(rows, key=lambda r: float(r["eval_mAP"]))
@@ -369,7 +370,7 @@ def test_select_last_trains_on_every_training_identity_and_keeps_last(tmp_path, 
     meta = read_checkpoint_config(out / "last")["metadata"]
     assert meta["selection"] == {"split": meta["selection"]["split"], "metric": None, "value": None, "epoch": 1}
     assert meta["dataset"]["num_classes"] == len(_ids(sysu_tree, "train")) + len(_ids(sysu_tree, "val"))
-    assert meta["metrics"] == {}
+    assert meta["metrics"] == {} and meta["metrics_split"] is None
 
 
 @pytest.mark.parametrize("layout", ["regdb", "llcm"])
