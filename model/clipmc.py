@@ -212,11 +212,6 @@ class CLIPMC(nn.Module):
         for p in self.text_parameters():
             p.requires_grad_(False)
 
-    @property
-    def has_text(self) -> bool:
-        """Whether the text side (ITPG, MCL, text encoder) exists (not the "text" ablation)."""
-        return not self.config.ablated("text")
-
     def start_training(self, alpha: float) -> bool:
         """Give MC a gradient from step 0 (see `ModalityCompensation.start_training`); False without MC."""
         return self.mc.start_training(alpha) if self.mc is not None else False

@@ -339,7 +339,9 @@ class Trainer:
 
     # -- persistence ------------------------------------------------------------------------------
     def _metadata(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {"epoch": epoch, "training_args": self.cfg.to_dict(), "dataset": self.dataset_info, "metrics": metrics}
+        # The metrics are the validation identities' (named by metrics_split), never the test set's.
+        return {"epoch": epoch, "training_args": self.cfg.to_dict(), "dataset": self.dataset_info, "metrics": metrics,
+                "metrics_split": self.selection_split if metrics else None}  # fmt: skip
 
     def _save(self, epoch: int, metrics: dict[str, float]) -> None:
         meta = self._metadata(epoch, metrics)

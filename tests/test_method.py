@@ -302,6 +302,16 @@ def test_the_sampler_never_repeats_an_identity_in_a_batch(n_ids, p, seed):
 # -- selection without the test set ---------------------------------------------------------------------
 
 
+def test_synth_sysu_writes_validation_identities_as_the_real_set_has_them(sysu_tree):
+    """exp/val_id.txt: a quarter of the non-test identities (99 of 395 on SYSU-MM01), disjoint from
+    train and test, each seen by an infrared and a visible camera (so it can serve as a query)."""
+    train, val, test = _ids(sysu_tree, "train"), _ids(sysu_tree, "val"), _ids(sysu_tree, "test")
+    assert len(val) == (len(train) + len(val)) // 4 and not set(val) & (set(train) | set(test))
+    for pid in val:
+        cams = {p.parent.parent.name for p in sysu_tree.glob(f"cam*/{pid:04d}/*.jpg")}
+        assert cams & {"cam3", "cam6"} and cams & {"cam1", "cam2", "cam4", "cam5"}
+
+
 def test_train_selects_best_on_validation_identities_and_reads_no_test_image(tmp_path, sysu_tree, monkeypatch):
     from PIL import Image
 
@@ -330,6 +340,7 @@ def test_train_selects_best_on_validation_identities_and_reads_no_test_image(tmp
     selection = best["selection"]
     assert set(selection) == {"split", "metric", "value", "epoch"}
     assert "val_id.txt" in selection["split"] and selection["metric"] == "mAP"
+    assert best["metrics_split"] == selection["split"]
     with open(out / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     best_row = max(rows, key=lambda r: float(r["eval_mAP"]))
@@ -359,7 +370,7 @@ def test_select_last_trains_on_every_training_identity_and_keeps_last(tmp_path, 
     meta = read_checkpoint_config(out / "last")["metadata"]
     assert meta["selection"] == {"split": meta["selection"]["split"], "metric": None, "value": None, "epoch": 1}
     assert meta["dataset"]["num_classes"] == len(_ids(sysu_tree, "train")) + len(_ids(sysu_tree, "val"))
-    assert meta["metrics"] == {}
+    assert meta["metrics"] == {} and meta["metrics_split"] is None
 
 
 @pytest.mark.parametrize("layout", ["regdb", "llcm"])

@@ -51,7 +51,9 @@ def test_training_lifts_r1_and_map_above_chance_and_untrained(tmp_path):
     selection = json.loads((run / "best" / "config.json").read_text())["metadata"]["selection"]
     assert "val_id.txt" in selection["split"] and selection["metric"] == "mAP"
 
+    # Measured on the 2-core machine (--deterministic, so bit-reproducible there): untrained R1 4.8 /
+    # mAP 10.2 -> best/ R1 17.7 / mAP 22.5. The margins below leave room for another CPU's float sums.
     chance_r1 = 100 / 20  # one true identity among 20 in the de-duplicated ranking
     assert after["R1"] >= 3 * chance_r1
-    assert after["R1"] >= before["R1"] + 10
-    assert after["mAP"] >= before["mAP"] + 10
+    assert after["R1"] >= before["R1"] + 8
+    assert after["mAP"] >= before["mAP"] + 8
