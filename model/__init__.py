@@ -1,8 +1,10 @@
-"""CLIP-MC: the network, its preprocessing contract, checkpoints, data, training and evaluation.
+"""The networks (CLIP-MC, CSDN: one registry, model.registry), their preprocessing contract,
+checkpoints, data, training and evaluation.
 
     from clipmc.model import build_model, load_checkpoint, preprocess
     model = build_model("vit-b-16", pretrained="openai")   # zero-shot CLIP features until trained
     vectors = model.embed(images, modality)                 # [N, 1280], L2-normalised
+    csdn = build_model("csdn-rn50", pretrained="openai")   # CSDN: [N, 3072]
 
 Submodules that pull in torch are imported lazily, so `model.preprocess` stays light for the service.
 """
@@ -26,6 +28,9 @@ _LAZY = {
     "load_checkpoint": ".checkpoint",
     "read_checkpoint_config": ".checkpoint",
     "CheckpointError": ".checkpoint",
+    "ARCHITECTURES": ".registry",
+    "get_architecture": ".registry",
+    "resolve_config": ".registry",
 }
 
 __all__ = [

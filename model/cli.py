@@ -285,7 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 version = ckpt_cfg["embedding_version"]  # verified by load_checkpoint
                 meta = ckpt_cfg.get("metadata", {})
                 record = {"path": str(Path(ckpt).resolve()), "epoch": meta.get("epoch"),
-                          "selection": meta.get("selection"), "ablate": list(model.config.ablate),
+                          "selection": meta.get("selection"), "ablate": list(getattr(model.config, "ablate", ())),
                           "weights_sha256": ckpt_cfg["weights_sha256"]}  # fmt: skip
             loaded = ckpt
         versions[split] = version

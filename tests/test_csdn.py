@@ -286,3 +286,50 @@ def test_serve_answers_query_and_refuses_another_models_gallery(csdn_checkpoint,
     code = main(["serve", "--weights", str(csdn_checkpoint), "--gallery", str(tmp_path / "clipmc-gallery")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "embedding_version" in err
+
+
+# -- the commands --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_info_evaluate_export_verify_commands_dispatch_through_the_registry(synth_trees, tmp_path, capsys):
+    """`clipmc train --model csdn-tiny` runs CSDN's recipe (one short step per stage), then the generic
+    commands work on its checkpoint; options of another recipe are refused in one line."""
+    from clipmc.cli import main
+
+    options = {"pretrained": None, "image_size": [32, 16], "stage1_epochs": 1, "stage2_epochs": 1, "epochs": 1,
+               "max_steps_per_epoch": 1, "num_ids": 2, "num_per_modality": 1, "workers": 0,
+               "stage1_batch_size": 4, "stage2_batch_size": 4, "selection": "last"}  # fmt: skip
+    config = tmp_path / "csdn.json"
+    config.write_text(json.dumps(options))
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "sysu", "--data-root", str(synth_trees["sysu"]), "--model", "csdn-tiny",
+            "--config", str(config), "--out", str(run), "--device", "cpu", "--seed", "3"]  # fmt: skip
+    assert main(args) == 0
+    best = json.loads((run / "best" / "config.json").read_text())
+    assert best["family"] == "csdn" and best["architecture"]["name"] == "csdn-tiny"
+    assert best["metadata"]["training_args"]["seed"] == 3 and best["metadata"]["selection"]["metric"] is None
+    log = (run / "train_log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["1", "2", "3"]  # one row per stage
+    capsys.readouterr()
+
+    assert main(["info", str(run / "best"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "csdn" and info["normalization"] == "imagenet" and info["mc_alpha"] is None
+
+    out = tmp_path / "eval"
+    evaluate = ["evaluate", "--checkpoint", str(run / "best"), "--dataset", "sysu", "--data-root",
+                str(synth_trees["sysu"]), "--mode", "all", "--trials", "0", "--workers", "0",
+                "--out", str(out)]  # fmt: skip
+    assert main(evaluate) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["run"]["embedding_version"] == best["embedding_version"]
+
+    onnx_path = tmp_path / "csdn.onnx"
+    assert main(["export", "onnx", "--checkpoint", str(run / "best"), "--out", str(onnx_path)]) == 0
+    assert main(["verify", "--checkpoint", str(run / "best"), "--onnx", str(onnx_path), "--n", "4"]) == 0
+
+    capsys.readouterr()
+    bad = ["train", "--dataset", "sysu", "--data-root", str(synth_trees["sysu"]), "--model", "csdn-tiny",
+           "--ablate", "mc", "--out", str(tmp_path / "bad")]  # fmt: skip
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ablate" in err
