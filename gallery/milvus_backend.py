@@ -37,13 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from clipmc.gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, assign_ids, check_new_gallery, check_stored_matches
+from clipmc.gallery.base import (
+    DEFAULT_NORM_TOLERANCE,
+    BaseGallery,
+    assign_ids,
+    check_new_gallery,
+    check_same_labels,
+    check_stored_matches,
+)
 from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from clipmc.gallery.items import (
     MAX_EXTERNAL_ID_CHARS,
     MAX_LABEL_CHARS,
     MAX_METADATA_BYTES,
     AddResult,
+    EraseFilter,
     Filters,
     Item,
     SearchHit,
@@ -296,10 +304,17 @@ class MilvusGallery(BaseGallery):
             self._check_writable()
             externals = list(dict.fromkeys(item.external_id for item in batch if item.external_id))
             known: dict[str, int] = {}
+            labels: dict[str, tuple[str | None, int]] = {}
             for start in range(0, len(externals), _CHUNK):
                 chunk = externals[start : start + _CHUNK]
-                rows = self._query(f"external_id in {_literal_list(chunk)}", ["id", "external_id"], limit=len(chunk))
+                rows = self._query(
+                    f"external_id in {_literal_list(chunk)}",
+                    ["id", "external_id", "camera", "modality"],
+                    limit=len(chunk),
+                )
                 known.update({r["external_id"]: int(r["id"]) for r in rows})
+                labels.update({r["external_id"]: (r["camera"] or None, int(r["modality"])) for r in rows})
+            check_same_labels(batch, labels)
             stored: set[int] = set()
             if keep_ids:
                 stored = set(self._existing_ids(list(dict.fromkeys(int(item.id) for item in batch))))  # type: ignore[arg-type]
@@ -412,6 +427,38 @@ class MilvusGallery(BaseGallery):
                 yield [self._item(row, row["id"], with_vectors) for row in rows]
         finally:
             iterator.close()
+
+    def find_ids(self, criteria: EraseFilter) -> list[int]:
+        """Matching ids; ``older_than`` uses the capture time only (this back-end records no ingest
+        time), so items without a timestamp are never erased by retention here."""
+        self._check_open()
+        terms = []
+        if criteria.identity is not None:
+            terms.append(f"identity == {json.dumps(criteria.identity, ensure_ascii=False)}")
+        if criteria.track_id is not None:
+            terms.append(f"track_id == {json.dumps(criteria.track_id, ensure_ascii=False)}")
+        if criteria.cameras is not None:
+            terms.append(f"camera in {_literal_list(criteria.cameras)}" if criteria.cameras else "id < 0")
+        if criteria.since is not None:
+            terms.append(f"(has_timestamp == true and timestamp >= {criteria.since!r})")
+        if criteria.until is not None:
+            terms.append(f"(has_timestamp == true and timestamp <= {criteria.until!r})")
+        if criteria.older_than is not None:
+            terms.append(f"(has_timestamp == true and timestamp < {criteria.older_than!r})")
+        return sorted(int(row["id"]) for row in self._query(" and ".join(terms), ["id"]))
+
+    def compact(self) -> dict[str, Any]:
+        """Flush, then ask Milvus to compact the collection (it drops deleted rows from its segments in
+        the background, on its own schedule; Milvus Lite may not support it, which is logged)."""
+        self._check_writable()
+        with self._write_lock:
+            self._client.flush(self.collection, timeout=self.timeout)
+            try:
+                job = self._client.compact(self.collection, timeout=self.timeout)
+            except Exception as exc:  # Milvus Lite: not implemented
+                logger.warning("Milvus did not accept a compaction of %s: %s", self.collection, exc)
+                return {"complete": False, "compaction": None}
+        return {"complete": False, "compaction": job}
 
     def snapshot(self) -> dict[str, Any]:
         """Flush inserted data into sealed segments (Milvus's own persistence step)."""
