@@ -15,7 +15,7 @@ from clipmc.gallery.errors import (
     GalleryStateError,
     VersionMismatchError,
 )
-from clipmc.gallery.items import MAX_TOP_K, AddResult, EraseFilter, Filters, Item, SearchHit
+from clipmc.gallery.items import MAX_ITEM_ID, MAX_TOP_K, AddResult, EraseFilter, Filters, Item, SearchHit
 
 #: Vectors must be L2-normalised (DESIGN.md section 2); this is how far from 1 a norm may be.
 DEFAULT_NORM_TOLERANCE = 1e-2
@@ -242,6 +242,11 @@ class BaseGallery(abc.ABC):
                 raise GalleryError(f"item {position} is a {type(item).__name__}, not a gallery.Item")
             if keep_ids and (item.id is None or item.id <= 0):
                 raise GalleryError(f"item {position} needs a positive id to be kept, got {item.id}")
+            if keep_ids and item.id > MAX_ITEM_ID:  # type: ignore[operator]
+                raise GalleryError(
+                    f"item {position} has id {item.id}, above 2**53-1 (ids must stay exact in JavaScript); "
+                    "import it with new ids"
+                )
             if item.vector is None:
                 raise GalleryError(f"item {position} has no vector")
             if item.vector.shape != (self.dim,):

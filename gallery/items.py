@@ -25,6 +25,9 @@ from clipmc.gallery.errors import GalleryError
 MAX_EXTERNAL_ID_CHARS = 512
 MAX_LABEL_CHARS = 256
 MAX_METADATA_BYTES = 65536
+#: Largest item id either back-end assigns or keeps: 2**53 - 1, the largest integer a JavaScript number
+#: (and so the web page, and any JSON client that reads numbers as doubles) holds exactly.
+MAX_ITEM_ID = 2**53 - 1
 #: Nesting levels of an item's metadata (the object itself is level 1). JSON much deeper than this
 #: cannot be serialised back by every client (Python's json, pydantic, browsers stop at a few hundred).
 MAX_METADATA_DEPTH = 16

@@ -9,9 +9,10 @@ Mapping onto Milvus:
 
 - One collection per gallery; its description holds ``dim`` and ``embedding_version``.
 - Ids are assigned here, not by Milvus (``auto_id`` off), because Milvus ``upsert`` on an auto-id
-  collection gives the row a new primary key, and label updates must keep ids. They are 63-bit
-  time-ordered ids (milliseconds | random node | counter), unique across writers without
-  coordination — larger than 2**53, so JSON clients in JavaScript must read them as strings.
+  collection gives the row a new primary key, and label updates must keep ids. They are 53-bit
+  time-ordered ids (10 ms ticks | random node | counter), below 2**53 like the FAISS back-end's, so
+  one API schema (JSON integers) keeps them exact in JavaScript. Unique within a process; across
+  writer processes with high probability (a random 6-bit node each).
 - Optional fields are stored with explicit presence flags (Milvus Lite has no nullable fields).
 - Filters become a Milvus boolean expression evaluated during the search, so the top-k is taken
   over matching items only.
@@ -48,6 +49,7 @@ from clipmc.gallery.base import (
 from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from clipmc.gallery.items import (
     MAX_EXTERNAL_ID_CHARS,
+    MAX_ITEM_ID,
     MAX_LABEL_CHARS,
     MAX_METADATA_BYTES,
     AddResult,
@@ -82,31 +84,41 @@ _ID_EPOCH_MS = 1_704_067_200_000
 
 
 class _IdGenerator:
-    """63-bit ids: 41 bits of milliseconds since 2024, 10 random node bits, a 12-bit counter.
+    """53-bit ids: 37 bits of 10 ms ticks since 2024 (until 2067), 6 random node bits, a 10-bit counter.
 
-    Unique within a process (the counter, and waiting for the next millisecond when it runs out) and,
-    with overwhelming probability, across processes (a random node number each).
+    All ids are below 2**53 (exact as JavaScript numbers). Unique within a process (the counter, and
+    waiting for the next tick when 1024 ids were taken in one) and, with high probability, across
+    processes (a random node number each); up to about 100,000 ids per second per process.
     """
 
+    TICK_NS = 10_000_000
+    NODE_BITS = 6
+    COUNTER_BITS = 10
+
     def __init__(self) -> None:
-        self._node = secrets.randbits(10)
+        self._node = secrets.randbits(self.NODE_BITS)
         self._lock = threading.Lock()
-        self._last_ms = -1
+        self._last_tick = -1
         self._counter = 0
 
     def take(self, n: int) -> list[int]:
         out: list[int] = []
+        limit = 1 << self.COUNTER_BITS
         with self._lock:
             while len(out) < n:
-                now = time.time_ns() // 1_000_000 - _ID_EPOCH_MS
-                if now < self._last_ms:  # the clock went back: keep counting from the last millisecond
-                    now = self._last_ms
-                if now != self._last_ms:
-                    self._last_ms, self._counter = now, 0
-                if self._counter >= 4096:
-                    time.sleep(0.0005)
+                tick = (time.time_ns() - _ID_EPOCH_MS * 1_000_000) // self.TICK_NS
+                if tick < self._last_tick:  # the clock went back: keep counting from the last tick
+                    tick = self._last_tick
+                if tick != self._last_tick:
+                    self._last_tick, self._counter = tick, 0
+                if self._counter >= limit:
+                    time.sleep(0.001)
                     continue
-                out.append((now << 22) | (self._node << 12) | self._counter)
+                shifted = tick << (self.NODE_BITS + self.COUNTER_BITS)
+                value = shifted | (self._node << self.COUNTER_BITS) | self._counter
+                if value > MAX_ITEM_ID:
+                    raise GalleryStateError("the Milvus id space (53 bits, 10 ms ticks since 2024) is exhausted")
+                out.append(value)
                 self._counter += 1
         return out
 

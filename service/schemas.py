@@ -182,13 +182,16 @@ class IngestJSON(BaseModel):
 
 
 class IngestResponse(BaseModel):
-    ids: list[int] = Field(description="gallery ids, in the order of the request's items")
+    ids: list[int] = Field(
+        description="gallery ids, in the order of the request's items; below 2**53 with either back-end, so "
+        "exact as JavaScript numbers"
+    )
     created: int
     existing: int
 
 
 class ItemResponse(BaseModel):
-    id: int
+    id: int = Field(description="gallery id, below 2**53 (exact as a JavaScript number) with either back-end")
     external_id: str | None
     modality: Modality
     camera: str | None

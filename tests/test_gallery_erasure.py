@@ -154,3 +154,12 @@ def test_cli_compact_and_erase(tmp_path: Path, capsys) -> None:
     assert "at least one condition" in capsys.readouterr().err
     assert main(["gallery", "compact", str(tmp_path / "missing")]) == 2
     assert "no gallery" in capsys.readouterr().err
+
+
+def test_kept_ids_above_2_53_are_refused(tmp_path: Path) -> None:
+    """Issue 16 item 12: no back-end stores an id a JavaScript client would round."""
+    vector = unit_vectors(np.random.default_rng(1), 1, 16)[0]
+    with open_gallery(tmp_path / "g", 16, VERSION) as gallery:
+        with pytest.raises(GalleryError, match="2\\*\\*53"):
+            gallery.add([Item(vector, modality=0, id=2**53)], keep_ids=True)
+        assert gallery.stats()["count"] == 0
