@@ -153,7 +153,7 @@ class BaseGallery(abc.ABC):
         """The ids of the stored items that match ``criteria`` (for bulk erasure and retention)."""
 
     @abc.abstractmethod
-    def compact(self) -> dict[str, Any]:
+    def compact(self, *, vacuum: bool = False) -> dict[str, Any]:
         """Make removals final on disk: no copy of a removed item's vector or labels stays in the
         gallery's files once this returns (see each back-end for what that covers)."""
 

@@ -153,7 +153,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
     try:
         with _open_existing(args) as gallery:
-            result = gallery.compact()
+            result = gallery.compact(vacuum=args.vacuum)
     except (GalleryError, GalleryStateError) as exc:
         return _fail(exc)
     if args.backend == "faiss" and not result["complete"]:
@@ -234,6 +234,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compact", help="take removed items off the disk now (index snapshot rewritten, SQLite WAL truncated)"
     )
     compact.add_argument("path", help="gallery directory (or Milvus URI)")
+    compact.add_argument(
+        "--vacuum", action="store_true", help="also rewrite the database file (galleries written by older versions)"
+    )
     _add_backend_options(compact)
     compact.set_defaults(func=_cmd_compact)
 

@@ -617,9 +617,11 @@ class FaissGallery(BaseGallery):
         )
         return {"seq": seq, "ntotal": index.ntotal, "kind": index.kind, "path": str(index_path)}
 
-    def compact(self) -> dict[str, Any]:
+    def compact(self, *, vacuum: bool = False) -> dict[str, Any]:
         """Take removed items off the disk now: rewrite the index snapshot (which holds every indexed
         vector) without them and truncate the SQLite WAL (which holds the rows as they were written).
+        ``vacuum`` also rewrites the database file (``VACUUM``), for pages freed before
+        ``secure_delete`` was on (galleries written by older versions); it takes as long as a copy.
 
         SQLite itself runs with ``secure_delete``, so a removed row is overwritten with zeros in the
         database file. After this returns with ``complete`` true, no file under the gallery directory
@@ -632,6 +634,8 @@ class FaissGallery(BaseGallery):
             self._ensure_index()
             removed = self._removed_since_compaction
             snapshot = self._write_snapshot()
+            if vacuum:
+                self._store.vacuum()
             complete = self._store.checkpoint()
             if complete:
                 self._removed_since_compaction = 0

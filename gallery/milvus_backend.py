@@ -459,9 +459,10 @@ class MilvusGallery(BaseGallery):
             terms.append(f"(has_timestamp == true and timestamp < {criteria.older_than!r})")
         return sorted(int(row["id"]) for row in self._query(" and ".join(terms), ["id"]))
 
-    def compact(self) -> dict[str, Any]:
+    def compact(self, *, vacuum: bool = False) -> dict[str, Any]:
         """Flush, then ask Milvus to compact the collection (it drops deleted rows from its segments in
-        the background, on its own schedule; Milvus Lite may not support it, which is logged)."""
+        the background, on its own schedule; Milvus Lite may not support it, which is logged).
+        ``vacuum`` has no meaning here."""
         self._check_writable()
         with self._write_lock:
             self._client.flush(self.collection, timeout=self.timeout)

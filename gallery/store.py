@@ -309,6 +309,12 @@ class SQLiteStore:
         busy = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         return int(busy) == 0
 
+    def vacuum(self) -> None:
+        """Rewrite the database file (``VACUUM``): free pages, and whatever they held, leave the file."""
+        if self._writer is None:
+            raise GalleryStateError("the gallery is open read-only")
+        self._writer.execute("VACUUM")
+
     def select_ids(
         self,
         *,

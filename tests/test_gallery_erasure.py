@@ -147,7 +147,7 @@ def test_cli_compact_and_erase(tmp_path: Path, capsys) -> None:
     with open_gallery(path) as gallery:
         assert gallery.get(ids[4]) is None and gallery.stats()["count"] == 15
         gallery.remove([ids[5]])
-    assert main(["gallery", "compact", str(path)]) == 0
+    assert main(["gallery", "compact", "--vacuum", str(path)]) == 0
     assert "compacted" in capsys.readouterr().out
     assert files_holding(path, *needles_of(vectors[5], "MARKER-00005")) == []
     assert main(["gallery", "erase", str(path)]) == 2  # no condition: refused
