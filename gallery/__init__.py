@@ -27,7 +27,11 @@ Semantics shared by both: ``add`` stores a batch all-or-nothing and is idempoten
 ``Item.external_id`` (``AddResult(ids, created, existing)``); ids are assigned by the gallery;
 ``search`` applies ``Filters`` (modality, cameras in / not in, time range, identity present) before
 taking the top-k (k up to 1000); many threads may search while one writes.
-Command line: ``clipmc gallery stats|export|import|rebuild`` (``gallery/cli.py``).
+Erasure: ``remove`` deletes at once from search and from SQLite (``secure_delete``: the row's bytes
+are zeroed); ``compact()`` also rewrites the index snapshot and truncates the WAL so that no file of
+the gallery holds a removed vector; ``erase(EraseFilter(...))`` removes by identity, track, camera or
+time (the service compacts on a schedule, see the README's "Erasure").
+Command line: ``clipmc gallery stats|export|import|rebuild|compact|erase`` (``gallery/cli.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 from clipmc.gallery.base import BaseGallery
 from clipmc.gallery.errors import (
     DimensionMismatchError,
+    ExternalIdConflictError,
     GalleryError,
     GalleryStateError,
     ItemNotFoundError,
@@ -45,7 +50,17 @@ from clipmc.gallery.errors import (
 )
 from clipmc.gallery.faiss_backend import FaissGallery
 from clipmc.gallery.index import IndexConfig
-from clipmc.gallery.items import INFRARED, MAX_TOP_K, VISIBLE, AddResult, Filters, Item, SearchHit, parse_modality
+from clipmc.gallery.items import (
+    INFRARED,
+    MAX_TOP_K,
+    VISIBLE,
+    AddResult,
+    EraseFilter,
+    Filters,
+    Item,
+    SearchHit,
+    parse_modality,
+)
 
 BACKENDS = ("faiss", "milvus")
 
@@ -57,6 +72,8 @@ __all__ = [
     "AddResult",
     "BaseGallery",
     "DimensionMismatchError",
+    "EraseFilter",
+    "ExternalIdConflictError",
     "FaissGallery",
     "Filters",
     "GalleryError",

@@ -8,8 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from clipmc.gallery.errors import DimensionMismatchError, GalleryError, GalleryStateError, VersionMismatchError
-from clipmc.gallery.items import MAX_TOP_K, AddResult, Filters, Item, SearchHit
+from clipmc.gallery.errors import (
+    DimensionMismatchError,
+    ExternalIdConflictError,
+    GalleryError,
+    GalleryStateError,
+    VersionMismatchError,
+)
+from clipmc.gallery.items import MAX_ITEM_ID, MAX_TOP_K, AddResult, EraseFilter, Filters, Item, SearchHit
 
 #: Vectors must be L2-normalised (DESIGN.md section 2); this is how far from 1 a norm may be.
 DEFAULT_NORM_TOLERANCE = 1e-2
@@ -35,6 +41,23 @@ def check_stored_matches(
         raise VersionMismatchError(
             f"the gallery at {where} holds embedding_version {stored_version!r}, not {embedding_version!r}"
         )
+
+
+def check_same_labels(items: Sequence[Item], stored: dict[str, tuple[str | None, int]]) -> None:
+    """Refuse an item whose external id is stored with another camera or modality.
+
+    ``stored`` maps external ids already in the gallery to their (camera, modality code).
+    """
+    for position, item in enumerate(items):
+        if item.external_id is None or item.external_id not in stored:
+            continue
+        camera, modality = stored[item.external_id]
+        if camera != item.camera or int(modality) != int(item.modality):
+            raise ExternalIdConflictError(
+                f"item {position}: external_id {item.external_id!r} is stored with camera {camera!r} and modality "
+                f"{int(modality)}, this item has camera {item.camera!r} and modality {int(item.modality)}; "
+                "a repeated external_id must name the same crop (give each crop its own external_id)"
+            )
 
 
 def assign_ids(
@@ -126,6 +149,24 @@ class BaseGallery(abc.ABC):
         """Persist whatever makes the next open fast (index snapshot, flush)."""
 
     @abc.abstractmethod
+    def find_ids(self, criteria: EraseFilter) -> list[int]:
+        """The ids of the stored items that match ``criteria`` (for bulk erasure and retention)."""
+
+    @abc.abstractmethod
+    def compact(self, *, vacuum: bool = False) -> dict[str, Any]:
+        """Make removals final on disk: no copy of a removed item's vector or labels stays in the
+        gallery's files once this returns (see each back-end for what that covers)."""
+
+    def erase(self, criteria: EraseFilter) -> list[int]:
+        """Remove every item matching ``criteria``; returns their ids (call :meth:`compact` to make it final)."""
+        if not isinstance(criteria, EraseFilter):
+            raise GalleryError(f"criteria must be a gallery EraseFilter, got {type(criteria).__name__}")
+        ids = self.find_ids(criteria)
+        if ids:
+            self.remove(ids)
+        return ids
+
+    @abc.abstractmethod
     def iter_items(self, batch_size: int = 10000, *, with_vectors: bool = True) -> Iterator[list[Item]]:
         """All items in batches (for export), each with its id."""
 
@@ -201,6 +242,11 @@ class BaseGallery(abc.ABC):
                 raise GalleryError(f"item {position} is a {type(item).__name__}, not a gallery.Item")
             if keep_ids and (item.id is None or item.id <= 0):
                 raise GalleryError(f"item {position} needs a positive id to be kept, got {item.id}")
+            if keep_ids and item.id > MAX_ITEM_ID:  # type: ignore[operator]
+                raise GalleryError(
+                    f"item {position} has id {item.id}, above 2**53-1 (ids must stay exact in JavaScript); "
+                    "import it with new ids"
+                )
             if item.vector is None:
                 raise GalleryError(f"item {position} has no vector")
             if item.vector.shape != (self.dim,):

@@ -1,6 +1,7 @@
-"""``clipmc gallery stats|export|import|rebuild``: inspect and maintain a gallery from the shell.
+"""``clipmc gallery stats|export|import|rebuild|compact|erase``: inspect and maintain a gallery.
 
-``stats`` and ``export`` open a FAISS gallery read-only, so they work while a service holds it.
+``stats`` and ``export`` open a FAISS gallery read-only, so they work while a service holds it; the
+writing commands need the gallery's lock (stop the service, or use its API: ``POST /gallery/erase``).
 """
 
 from __future__ import annotations
@@ -135,13 +136,60 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_existing(args: argparse.Namespace) -> Any:
+    """Open an existing gallery for writing (never create one by mistyping a path)."""
+    from pathlib import Path
+
+    from clipmc.gallery import GalleryError, open_gallery
+    from clipmc.gallery.faiss_backend import DATABASE_NAME
+
+    if args.backend == "faiss" and not (Path(args.path) / DATABASE_NAME).is_file():
+        raise GalleryError(f"no gallery at {args.path} (no {DATABASE_NAME})")
+    return open_gallery(args.path, backend=args.backend, **_options(args))
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from clipmc.gallery import GalleryError, GalleryStateError
+
+    try:
+        with _open_existing(args) as gallery:
+            result = gallery.compact(vacuum=args.vacuum)
+    except (GalleryError, GalleryStateError) as exc:
+        return _fail(exc)
+    if args.backend == "faiss" and not result["complete"]:
+        print("error: a reader kept the WAL checkpoint from finishing; run compact again", file=sys.stderr)
+        return 1
+    print(f"compacted {args.path}: {result.get('removed', 0)} removed item(s) are off the disk")
+    return 0
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from clipmc.gallery import EraseFilter, GalleryError, GalleryStateError
+
+    try:
+        criteria = EraseFilter(
+            identity=args.identity, track_id=args.track, cameras=args.camera, since=args.since, until=args.until
+        )
+        with _open_existing(args) as gallery:
+            ids = gallery.find_ids(criteria)
+            if ids and not args.yes:
+                print(f"{len(ids)} item(s) match; add --yes to erase them", file=sys.stderr)
+                return 1
+            removed = gallery.remove(ids) if ids else 0
+            compacted = gallery.compact() if removed else {"complete": True}
+    except (GalleryError, GalleryStateError) as exc:
+        return _fail(exc)
+    print(f"erased {removed} item(s) from {args.path}" + ("" if compacted.get("complete") else " (compact again)"))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gallery`` with its sub-commands to the ``clipmc`` command line."""
     from pathlib import Path
 
     parser = subparsers.add_parser(
         "gallery",
-        help="inspect, export, import or re-index a gallery",
+        help="inspect, export, import, re-index, compact or erase from a gallery",
         description="Inspect and maintain a gallery directory (or a Milvus collection).",
     )
     commands = parser.add_subparsers(dest="gallery_command", metavar="COMMAND", required=True)
@@ -181,3 +229,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rebuild.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists scanned per query")
     _add_backend_options(rebuild)
     rebuild.set_defaults(func=_cmd_rebuild)
+
+    compact = commands.add_parser(
+        "compact", help="take removed items off the disk now (index snapshot rewritten, SQLite WAL truncated)"
+    )
+    compact.add_argument("path", help="gallery directory (or Milvus URI)")
+    compact.add_argument(
+        "--vacuum", action="store_true", help="also rewrite the database file (galleries written by older versions)"
+    )
+    _add_backend_options(compact)
+    compact.set_defaults(func=_cmd_compact)
+
+    erase = commands.add_parser(
+        "erase", help="delete every item matching a filter (identity, track, cameras, time range), then compact"
+    )
+    erase.add_argument("path", help="gallery directory (or Milvus URI)")
+    erase.add_argument("--identity", help="items with this identity label")
+    erase.add_argument("--track", help="items with this track id")
+    erase.add_argument("--camera", action="append", help="items from this camera (repeat for several)")
+    erase.add_argument("--since", type=float, help="captured at or after (epoch seconds)")
+    erase.add_argument("--until", type=float, help="captured at or before (epoch seconds)")
+    erase.add_argument("--yes", action="store_true", help="erase without asking (otherwise: count only)")
+    _add_backend_options(erase)
+    erase.set_defaults(func=_cmd_erase)

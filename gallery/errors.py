@@ -23,6 +23,15 @@ class VersionMismatchError(GalleryError):
     """
 
 
+class ExternalIdConflictError(GalleryError):
+    """An ``external_id`` already stored with another camera or modality than the new item says.
+
+    Idempotent ``add`` returns the stored id for a repeated external id; when the labels differ, the
+    two crops are not the same one (two camera folders with the same layout, say), and skipping the
+    new one silently would lose it.
+    """
+
+
 class ItemNotFoundError(GalleryError, LookupError):
     """No item with that id (it never existed or was removed)."""
 

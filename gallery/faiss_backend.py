@@ -34,7 +34,7 @@ from clipmc.contract import atomic_write, fsync_dir
 from clipmc.gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, check_new_gallery, check_stored_matches
 from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from clipmc.gallery.index import MIN_IVF_ITEMS, IndexConfig, IndexKind, VectorIndex, gpu_available
-from clipmc.gallery.items import AddResult, Filters, Item, SearchHit, normalize_update
+from clipmc.gallery.items import AddResult, EraseFilter, Filters, Item, SearchHit, normalize_update
 from clipmc.gallery.rwlock import RWLock
 from clipmc.gallery.store import SCHEMA_VERSION, Columns, SQLiteStore
 
@@ -228,6 +228,8 @@ class FaissGallery(BaseGallery):
         self._applied_seq = 0
         self._snapshot_seq = 0
         self._changes_since_snapshot = 0
+        self._removed_since_compaction = 0
+        self._snapshot_error: str | None = None
 
         if read_only:
             if not (self.path / DATABASE_NAME).is_file():
@@ -239,6 +241,8 @@ class FaissGallery(BaseGallery):
                 check_new_gallery(self.path, dim, embedding_version)
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_directory(self.path)
+        wal = self.path / f"{DATABASE_NAME}-wal"  # non-empty before we open it: a crash left it un-checkpointed
+        leftover_wal = int(not read_only and wal.is_file() and wal.stat().st_size > 0)
         try:
             self._store = SQLiteStore(self.path / DATABASE_NAME, read_only=read_only)
             self._open_meta(dim, embedding_version)
@@ -246,6 +250,9 @@ class FaissGallery(BaseGallery):
                 self._columns.load(self._store.columns())
                 self._applied_seq = self._store.max_seq()
                 if not read_only:
+                    # Removals of an earlier run that a crash kept from being compacted (their tombstones,
+                    # or a WAL that SQLite did not get to checkpoint) are compacted at the next chance.
+                    self._removed_since_compaction = max(leftover_wal, len(self._store.tombstones_after(0)))
                     self._open_index()
         except BaseException:
             self._release()
@@ -303,7 +310,7 @@ class FaissGallery(BaseGallery):
             time.perf_counter() - started,
         )
         if rebuilt and not self.read_only:
-            self._write_snapshot()
+            self._try_snapshot()
 
     def _load_snapshot(self) -> tuple[VectorIndex | None, str]:
         """The snapshot brought up to date by replay, or (None, why not)."""
@@ -490,6 +497,7 @@ class FaissGallery(BaseGallery):
                     logger.exception("updating the index after a committed removal failed; rebuilding it")
                     self._reload_from_store(holding_rw=True)
             self._changes_since_snapshot += len(removed)
+            self._removed_since_compaction += len(removed)
             self._after_write()
         return len(removed)
 
@@ -517,7 +525,18 @@ class FaissGallery(BaseGallery):
             logger.info("gallery reached %d items: switching to a %s index", self._columns.count, wanted)
             self._rebuild_locked(wanted)
         elif self.snapshot_every and self._changes_since_snapshot >= self.snapshot_every:
+            self._try_snapshot()
+
+    def _try_snapshot(self) -> bool:
+        """Write the snapshot; a failure (disk full, I/O error) is logged and retried at the next write,
+        ``snapshot()`` or ``compact()``: the write that triggered it is committed, so it must not fail."""
+        try:
             self._write_snapshot()
+        except Exception as exc:
+            self._snapshot_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("writing the index snapshot failed (the data is safe in SQLite); retried later")
+            return False
+        return True
 
     def _reload_from_store(self, *, holding_rw: bool = False) -> None:
         """Rebuild columns and index from the database (after an in-memory update failed)."""
@@ -544,7 +563,7 @@ class FaissGallery(BaseGallery):
         if old is not None:
             old.release()
         if not self.read_only:
-            self._write_snapshot()
+            self._try_snapshot()
         return new
 
     def rebuild(self, kind: str | None = None) -> dict[str, Any]:
@@ -595,10 +614,47 @@ class FaissGallery(BaseGallery):
         self._store.prune_tombstones(seq)
         self._snapshot_seq = seq
         self._changes_since_snapshot = 0
+        self._snapshot_error = None
         logger.info(
             "wrote index snapshot at change %d (%d vectors) in %.2fs", seq, index.ntotal, time.perf_counter() - started
         )
         return {"seq": seq, "ntotal": index.ntotal, "kind": index.kind, "path": str(index_path)}
+
+    def compact(self, *, vacuum: bool = False) -> dict[str, Any]:
+        """Take removed items off the disk now: rewrite the index snapshot (which holds every indexed
+        vector) without them and truncate the SQLite WAL (which holds the rows as they were written).
+        ``vacuum`` also rewrites the database file (``VACUUM``), for pages freed before
+        ``secure_delete`` was on (galleries written by older versions); it takes as long as a copy.
+
+        SQLite itself runs with ``secure_delete``, so a removed row is overwritten with zeros in the
+        database file. After this returns with ``complete`` true, no file under the gallery directory
+        holds a removed item's vector or labels. ``complete`` is false when a reader kept the WAL
+        checkpoint from finishing; call again.
+        """
+        self._check_writable()
+        with self._write_lock:
+            self._check_writable()
+            self._ensure_index()
+            removed = self._removed_since_compaction
+            snapshot = self._write_snapshot()
+            if vacuum:
+                self._store.vacuum()
+            complete = self._store.checkpoint()
+            if complete:
+                self._removed_since_compaction = 0
+        logger.info("compacted %s: %d removed item(s) off the disk, complete=%s", self.path, removed, complete)
+        return {"removed": removed, "complete": complete, "snapshot_seq": snapshot["seq"]}
+
+    def find_ids(self, criteria: EraseFilter) -> list[int]:
+        self._check_open()
+        return self._store.select_ids(
+            identity=criteria.identity,
+            track_id=criteria.track_id,
+            cameras=criteria.cameras,
+            since=criteria.since,
+            until=criteria.until,
+            older_than=criteria.older_than,
+        )
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -650,6 +706,7 @@ class FaissGallery(BaseGallery):
             summary = self._columns.summary()
             index = self._index.describe() if self._index is not None else None
             applied, snap, pending = self._applied_seq, self._snapshot_seq, self._changes_since_snapshot
+            removed, snapshot_error = self._removed_since_compaction, self._snapshot_error
         database_bytes = sum(p.stat().st_size for p in self.path.glob(DATABASE_NAME + "*") if p.is_file())
         return {
             "backend": self.backend,
@@ -662,6 +719,8 @@ class FaissGallery(BaseGallery):
             "seq": applied,
             "snapshot_seq": snap,
             "changes_since_snapshot": pending,
+            "removed_since_compaction": removed,
+            "snapshot_error": snapshot_error,
             "read_only": self.read_only,
             "database_bytes": database_bytes,
         }

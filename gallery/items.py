@@ -25,6 +25,14 @@ from clipmc.gallery.errors import GalleryError
 MAX_EXTERNAL_ID_CHARS = 512
 MAX_LABEL_CHARS = 256
 MAX_METADATA_BYTES = 65536
+#: Largest item id either back-end assigns or keeps: 2**53 - 1, the largest integer a JavaScript number
+#: (and so the web page, and any JSON client that reads numbers as doubles) holds exactly.
+MAX_ITEM_ID = 2**53 - 1
+#: Nesting levels of an item's metadata (the object itself is level 1). JSON much deeper than this
+#: cannot be serialised back by every client (Python's json, pydantic, browsers stop at a few hundred).
+MAX_METADATA_DEPTH = 16
+#: Keys in an item's metadata, counted over every nested object.
+MAX_METADATA_KEYS = 1024
 
 
 def parse_modality(value: Any, field_name: str = "modality") -> int:
@@ -70,6 +78,27 @@ def _timestamp(value: Any, field_name: str = "timestamp") -> float | None:
     return ts
 
 
+def check_metadata_shape(value: Any) -> None:
+    """Refuse metadata nested deeper than :data:`MAX_METADATA_DEPTH` or with more than
+    :data:`MAX_METADATA_KEYS` keys; iterative, so a hostile depth cannot exhaust the stack here."""
+    keys = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+            keys += len(node)
+            if keys > MAX_METADATA_KEYS:
+                raise GalleryError(f"metadata has more than {MAX_METADATA_KEYS} keys (counting nested objects)")
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            raise GalleryError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -77,6 +106,7 @@ def _metadata(value: Any) -> dict[str, Any]:
         raise GalleryError(f"metadata must be a JSON object, got {type(value).__name__}")
     if not value:
         return value
+    check_metadata_shape(value)
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
@@ -163,6 +193,43 @@ def _camera_list(value: Iterable[str | int] | None, field_name: str) -> tuple[st
             raise GalleryError(f"{field_name} contains an empty camera id")
         cameras.append(label)
     return tuple(cameras)
+
+
+@dataclass(frozen=True)
+class EraseFilter:
+    """Which items a bulk erasure deletes. Every condition that is set must hold (AND); at least one
+    must be set, so that no call erases a whole gallery by omission.
+
+    - ``identity`` / ``track_id``: exact labels.
+    - ``cameras``: camera ids (str or int).
+    - ``since`` / ``until``: inclusive bounds on the capture timestamp (items without one never match).
+    - ``older_than``: epoch seconds; items captured before it, or, when they carry no capture time,
+      ingested before it (the retention rule). Back-ends that do not record ingest times use the
+      capture time only and say so in their documentation.
+    """
+
+    identity: str | None = None
+    track_id: str | None = None
+    cameras: Sequence[str | int] | None = None
+    since: float | None = None
+    until: float | None = None
+    older_than: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", _label(self.identity, "identity"))
+        object.__setattr__(self, "track_id", _label(self.track_id, "track_id"))
+        object.__setattr__(self, "cameras", _camera_list(self.cameras, "cameras"))
+        for name in ("since", "until", "older_than"):
+            object.__setattr__(self, name, _timestamp(getattr(self, name), name))
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise GalleryError(f"since ({self.since}) is after until ({self.until})")
+        if self.is_empty():
+            raise GalleryError("an erasure needs at least one condition (identity, track_id, cameras, time range)")
+
+    def is_empty(self) -> bool:
+        return all(
+            getattr(self, name) is None for name in ("identity", "track_id", "cameras", "since", "until", "older_than")
+        )
 
 
 @dataclass(frozen=True)

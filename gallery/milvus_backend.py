@@ -9,9 +9,10 @@ Mapping onto Milvus:
 
 - One collection per gallery; its description holds ``dim`` and ``embedding_version``.
 - Ids are assigned here, not by Milvus (``auto_id`` off), because Milvus ``upsert`` on an auto-id
-  collection gives the row a new primary key, and label updates must keep ids. They are 63-bit
-  time-ordered ids (milliseconds | random node | counter), unique across writers without
-  coordination — larger than 2**53, so JSON clients in JavaScript must read them as strings.
+  collection gives the row a new primary key, and label updates must keep ids. They are 53-bit
+  time-ordered ids (10 ms ticks | random node | counter), below 2**53 like the FAISS back-end's, so
+  one API schema (JSON integers) keeps them exact in JavaScript. Unique within a process; across
+  writer processes with high probability (a random 6-bit node each).
 - Optional fields are stored with explicit presence flags (Milvus Lite has no nullable fields).
 - Filters become a Milvus boolean expression evaluated during the search, so the top-k is taken
   over matching items only.
@@ -37,13 +38,22 @@ from typing import Any
 
 import numpy as np
 
-from clipmc.gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, assign_ids, check_new_gallery, check_stored_matches
+from clipmc.gallery.base import (
+    DEFAULT_NORM_TOLERANCE,
+    BaseGallery,
+    assign_ids,
+    check_new_gallery,
+    check_same_labels,
+    check_stored_matches,
+)
 from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from clipmc.gallery.items import (
     MAX_EXTERNAL_ID_CHARS,
+    MAX_ITEM_ID,
     MAX_LABEL_CHARS,
     MAX_METADATA_BYTES,
     AddResult,
+    EraseFilter,
     Filters,
     Item,
     SearchHit,
@@ -74,31 +84,41 @@ _ID_EPOCH_MS = 1_704_067_200_000
 
 
 class _IdGenerator:
-    """63-bit ids: 41 bits of milliseconds since 2024, 10 random node bits, a 12-bit counter.
+    """53-bit ids: 37 bits of 10 ms ticks since 2024 (until 2067), 6 random node bits, a 10-bit counter.
 
-    Unique within a process (the counter, and waiting for the next millisecond when it runs out) and,
-    with overwhelming probability, across processes (a random node number each).
+    All ids are below 2**53 (exact as JavaScript numbers). Unique within a process (the counter, and
+    waiting for the next tick when 1024 ids were taken in one) and, with high probability, across
+    processes (a random node number each); up to about 100,000 ids per second per process.
     """
 
+    TICK_NS = 10_000_000
+    NODE_BITS = 6
+    COUNTER_BITS = 10
+
     def __init__(self) -> None:
-        self._node = secrets.randbits(10)
+        self._node = secrets.randbits(self.NODE_BITS)
         self._lock = threading.Lock()
-        self._last_ms = -1
+        self._last_tick = -1
         self._counter = 0
 
     def take(self, n: int) -> list[int]:
         out: list[int] = []
+        limit = 1 << self.COUNTER_BITS
         with self._lock:
             while len(out) < n:
-                now = time.time_ns() // 1_000_000 - _ID_EPOCH_MS
-                if now < self._last_ms:  # the clock went back: keep counting from the last millisecond
-                    now = self._last_ms
-                if now != self._last_ms:
-                    self._last_ms, self._counter = now, 0
-                if self._counter >= 4096:
-                    time.sleep(0.0005)
+                tick = (time.time_ns() - _ID_EPOCH_MS * 1_000_000) // self.TICK_NS
+                if tick < self._last_tick:  # the clock went back: keep counting from the last tick
+                    tick = self._last_tick
+                if tick != self._last_tick:
+                    self._last_tick, self._counter = tick, 0
+                if self._counter >= limit:
+                    time.sleep(0.001)
                     continue
-                out.append((now << 22) | (self._node << 12) | self._counter)
+                shifted = tick << (self.NODE_BITS + self.COUNTER_BITS)
+                value = shifted | (self._node << self.COUNTER_BITS) | self._counter
+                if value > MAX_ITEM_ID:
+                    raise GalleryStateError("the Milvus id space (53 bits, 10 ms ticks since 2024) is exhausted")
+                out.append(value)
                 self._counter += 1
         return out
 
@@ -296,10 +316,17 @@ class MilvusGallery(BaseGallery):
             self._check_writable()
             externals = list(dict.fromkeys(item.external_id for item in batch if item.external_id))
             known: dict[str, int] = {}
+            labels: dict[str, tuple[str | None, int]] = {}
             for start in range(0, len(externals), _CHUNK):
                 chunk = externals[start : start + _CHUNK]
-                rows = self._query(f"external_id in {_literal_list(chunk)}", ["id", "external_id"], limit=len(chunk))
+                rows = self._query(
+                    f"external_id in {_literal_list(chunk)}",
+                    ["id", "external_id", "camera", "modality"],
+                    limit=len(chunk),
+                )
                 known.update({r["external_id"]: int(r["id"]) for r in rows})
+                labels.update({r["external_id"]: (r["camera"] or None, int(r["modality"])) for r in rows})
+            check_same_labels(batch, labels)
             stored: set[int] = set()
             if keep_ids:
                 stored = set(self._existing_ids(list(dict.fromkeys(int(item.id) for item in batch))))  # type: ignore[arg-type]
@@ -412,6 +439,39 @@ class MilvusGallery(BaseGallery):
                 yield [self._item(row, row["id"], with_vectors) for row in rows]
         finally:
             iterator.close()
+
+    def find_ids(self, criteria: EraseFilter) -> list[int]:
+        """Matching ids; ``older_than`` uses the capture time only (this back-end records no ingest
+        time), so items without a timestamp are never erased by retention here."""
+        self._check_open()
+        terms = []
+        if criteria.identity is not None:
+            terms.append(f"identity == {json.dumps(criteria.identity, ensure_ascii=False)}")
+        if criteria.track_id is not None:
+            terms.append(f"track_id == {json.dumps(criteria.track_id, ensure_ascii=False)}")
+        if criteria.cameras is not None:
+            terms.append(f"camera in {_literal_list(criteria.cameras)}" if criteria.cameras else "id < 0")
+        if criteria.since is not None:
+            terms.append(f"(has_timestamp == true and timestamp >= {criteria.since!r})")
+        if criteria.until is not None:
+            terms.append(f"(has_timestamp == true and timestamp <= {criteria.until!r})")
+        if criteria.older_than is not None:
+            terms.append(f"(has_timestamp == true and timestamp < {criteria.older_than!r})")
+        return sorted(int(row["id"]) for row in self._query(" and ".join(terms), ["id"]))
+
+    def compact(self, *, vacuum: bool = False) -> dict[str, Any]:
+        """Flush, then ask Milvus to compact the collection (it drops deleted rows from its segments in
+        the background, on its own schedule; Milvus Lite may not support it, which is logged).
+        ``vacuum`` has no meaning here."""
+        self._check_writable()
+        with self._write_lock:
+            self._client.flush(self.collection, timeout=self.timeout)
+            try:
+                job = self._client.compact(self.collection, timeout=self.timeout)
+            except Exception as exc:  # Milvus Lite: not implemented
+                logger.warning("Milvus did not accept a compaction of %s: %s", self.collection, exc)
+                return {"complete": False, "compaction": None}
+        return {"complete": False, "compaction": job}
 
     def snapshot(self) -> dict[str, Any]:
         """Flush inserted data into sealed segments (Milvus's own persistence step)."""

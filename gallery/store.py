@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from clipmc.gallery.base import assign_ids
+from clipmc.gallery.base import assign_ids, check_same_labels
 from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from clipmc.gallery.items import UPDATABLE_FIELDS, Item, trusted_item
 
@@ -121,6 +121,8 @@ class SQLiteStore:
             raise GalleryStateError(f"cannot open the gallery database {self.path}: {exc}") from exc
         conn.isolation_level = None  # explicit BEGIN/COMMIT only
         conn.execute("PRAGMA synchronous=FULL")
+        # Deleted rows are overwritten with zeros, not left in free space: erasure reaches the file.
+        conn.execute("PRAGMA secure_delete=ON")
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -210,9 +212,13 @@ class SQLiteStore:
         with self._write_transaction() as conn:
             externals = list(dict.fromkeys(item.external_id for item in items if item.external_id))
             known: dict[str, int] = {}
+            labels: dict[str, tuple[str | None, int]] = {}
             for chunk in _chunks(externals):
-                sql = f"SELECT external_id, id FROM items WHERE external_id IN ({_marks(len(chunk))})"
-                known.update(conn.execute(sql, list(chunk)).fetchall())
+                sql = f"SELECT external_id, id, camera, modality FROM items WHERE external_id IN ({_marks(len(chunk))})"
+                for external_id, item_id, camera, modality in conn.execute(sql, list(chunk)):
+                    known[external_id] = item_id
+                    labels[external_id] = (camera, modality)
+            check_same_labels(items, labels)
             stored_ids: set[int] = set()
             if keep_ids:
                 for chunk in _chunks(list(dict.fromkeys(item.id for item in items))):
@@ -290,6 +296,63 @@ class SQLiteStore:
         """Forget removals that an index snapshot already covers."""
         with self._write_transaction() as conn:
             conn.execute("DELETE FROM tombstones WHERE seq <= ?", (up_to_seq,))
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes (``wal_checkpoint(TRUNCATE)``).
+
+        Page images written before a deletion (the rows as inserted) live in the WAL until this, so
+        it is the step that takes a removed row's bytes off the disk. Returns False when a reader kept
+        the checkpoint from finishing (try again later).
+        """
+        if self._writer is None:
+            raise GalleryStateError("the gallery is open read-only")
+        busy = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return int(busy) == 0
+
+    def vacuum(self) -> None:
+        """Rewrite the database file (``VACUUM``): free pages, and whatever they held, leave the file."""
+        if self._writer is None:
+            raise GalleryStateError("the gallery is open read-only")
+        self._writer.execute("VACUUM")
+
+    def select_ids(
+        self,
+        *,
+        identity: str | None = None,
+        track_id: str | None = None,
+        cameras: Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        older_than: float | None = None,
+    ) -> list[int]:
+        """Ids of the items matching every given condition (``older_than``: capture time, or ingest
+        time, i.e. the time of the change that added the item, when there is no capture time)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if identity is not None:
+            where.append("items.identity = ?")
+            params.append(identity)
+        if track_id is not None:
+            where.append("items.track_id = ?")
+            params.append(track_id)
+        if cameras is not None:
+            if not cameras:
+                return []
+            where.append(f"items.camera IN ({_marks(len(cameras))})")
+            params.extend(cameras)
+        if since is not None:
+            where.append("items.timestamp >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("items.timestamp <= ?")
+            params.append(until)
+        if older_than is not None:
+            where.append("COALESCE(items.timestamp, changes.at) < ?")
+            params.append(older_than)
+        sql = "SELECT items.id FROM items LEFT JOIN changes ON changes.seq = items.seq"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [row[0] for row in self.reader().execute(sql + " ORDER BY items.id", params)]
 
     # -- reads ------------------------------------------------------------------------------------
 

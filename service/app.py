@@ -32,11 +32,12 @@ from starlette.concurrency import run_in_threadpool
 from clipmc.export import Embedder, create_embedder
 from clipmc.gallery import BaseGallery, open_gallery
 from clipmc.service import schemas
-from clipmc.service.auth import KeyRing
+from clipmc.service.auth import FailedAuthLimiter, KeyRing, LoopbackOnlyMiddleware
 from clipmc.service.batching import DynamicBatcher
 from clipmc.service.errors import install_error_handlers
 from clipmc.service.images import ImageLimits
 from clipmc.service.limits import BodySizeLimitMiddleware
+from clipmc.service.maintenance import maintenance_loop
 from clipmc.service.metrics import Metrics, MetricsMiddleware
 from clipmc.service.routers import gallery_router, operations_router, query_router
 from clipmc.service.routers.operations import STATIC_DIR
@@ -114,8 +115,11 @@ def create_app(settings: Settings, embedder: Embedder | None = None, gallery: Ba
     )
     app.state.service = state
     app.state.keyring = state.keyring
+    app.state.auth_limiter = FailedAuthLimiter(settings.auth_failure_limit, settings.auth_failure_window_s)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if not state.keyring.enabled:
+        app.add_middleware(LoopbackOnlyMiddleware)  # outermost but for metrics: before reading any body
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.router.routes)
     app.include_router(operations_router)
     app.include_router(query_router)
@@ -136,7 +140,10 @@ def create_app_from_env() -> FastAPI:
 async def _start(state: ServiceState) -> None:
     settings = state.settings
     if not state.keyring.enabled:
-        log.warning("auth is OFF: no API key configured (CLIPMC_API_KEYS); every client has every scope")
+        log.warning(
+            "auth is OFF: no API key configured (CLIPMC_API_KEYS); only loopback clients are served, "
+            "each with every scope"
+        )
     if state.embedder is None:
         state.status = "loading the model"
         state.embedder = await run_in_threadpool(build_embedder, settings)
@@ -168,19 +175,35 @@ async def _start(state: ServiceState) -> None:
     state.metrics.info.labels(embedder.embedding_version, embedder.backend, str(embedder.embedding_dim)).set(1)
     state.status = f"warming up the model at batch sizes {list(embedder.batch_sizes)}"
     state.warmup_task = asyncio.get_running_loop().create_task(_warm_up(state), name="clipmc-warmup")
+    if not state.gallery.read_only:
+        state.maintenance_task = asyncio.get_running_loop().create_task(
+            maintenance_loop(state), name="clipmc-maintenance"
+        )
+
+
+#: Longest wait between two warm-up attempts.
+WARMUP_MAX_BACKOFF_S = 60.0
 
 
 async def _warm_up(state: ServiceState) -> None:
-    assert state.embedder is not None and state.executor is not None
+    """Warm the model up; a failure (device busy, out of memory) is retried with exponential back-off,
+    and ``/readyz`` says what failed and when the next attempt is, instead of staying unready forever."""
+    assert state.embedder is not None and state.executor is not None and state.gallery is not None
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    try:
-        await loop.run_in_executor(state.executor, state.embedder.warmup)
-        stats = await run_in_threadpool(state.gallery.stats)
-    except Exception as exc:
-        state.status = f"warm-up failed: {exc!r}"
-        log.error("warm-up failed, the service stays unready: %r", exc)
-        return
+    delay = state.settings.warmup_backoff_s
+    attempt = 1
+    while True:
+        try:
+            await loop.run_in_executor(state.executor, state.embedder.warmup)
+            stats = await run_in_threadpool(state.gallery.stats)
+            break
+        except Exception as exc:
+            state.status = f"warm-up attempt {attempt} failed: {exc!r}; retrying in {delay:g} s"
+            log.error("warm-up attempt %d failed, retrying in %g s: %r", attempt, delay, exc, exc_info=exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2.0, WARMUP_MAX_BACKOFF_S)
+            attempt += 1
     state.metrics.gallery_items.set(stats["count"])
     state.ready = True
     state.status = "ready"
@@ -197,10 +220,11 @@ async def _warm_up(state: ServiceState) -> None:
 async def _stop(state: ServiceState) -> None:
     state.ready = False
     state.metrics.ready.set(0)
-    if state.warmup_task is not None:
-        state.warmup_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await state.warmup_task
+    for task in (state.warmup_task, state.maintenance_task):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if state.batcher is not None:
         await state.batcher.stop()
     if state.searcher is not None:
@@ -220,7 +244,7 @@ def _customise_openapi(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (schemas.QueryJSON, schemas.IngestJSON):
+            for model in (schemas.QueryJSON, schemas.IngestJSON, schemas.EraseRequest):
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema

@@ -7,14 +7,18 @@ both get the same checks and messages); this module turns every malformed body i
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clipmc.service import schemas
 from clipmc.service.errors import APIError, InputError, PayloadTooLarge
@@ -34,11 +38,57 @@ def _validate(model: type[BaseModel], data: Any, prefix: tuple[str | int, ...] =
         raise RequestValidationError(errors) from None
 
 
-def _loads(body: bytes) -> Any:
+def _loads(body: bytes | str, what: str = "body") -> Any:
+    """Parse JSON; malformed, non-UTF-8 or absurdly nested text is a 422 naming ``what``."""
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"body is not valid JSON: {exc}", "invalid_json") from None
+        raise InputError(f"{what} is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:  # Python's parser recurses per nesting level: thousands of '[' exhaust the stack
+        raise InputError(f"{what} is nested too deeply to be parsed", "invalid_json") from None
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, noting the text fields that are not valid in their charset.
+
+    Starlette falls back to Latin-1 for such a field, which would store a garbled string; the
+    service refuses it instead, as it refuses a JSON body that is not UTF-8.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.undecodable: list[str] = []
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset or "utf-8")
+            except (UnicodeDecodeError, LookupError):
+                self.undecodable.append(part.field_name)
+        super().on_part_end()
+
+
+@contextlib.asynccontextmanager
+async def _multipart(
+    request: Request, *, max_files: int, max_fields: int, max_part_size: int
+) -> AsyncIterator[FormData]:
+    """The multipart form (as ``request.form``), closed on exit; a text field not in UTF-8 is a 422."""
+    try:
+        async with contextlib.aclosing(request.stream()) as stream:
+            parser = _StrictMultiPartParser(
+                request.headers, stream, max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:
+        raise HTTPException(status_code=400, detail=exc.message) from None
+    try:
+        if parser.undecodable:
+            names = ", ".join(repr(name) for name in dict.fromkeys(parser.undecodable))
+            raise InputError(f"form field {names} is not valid UTF-8 text", "invalid_encoding")
+        yield form
+    finally:
+        await form.close()
 
 
 async def _json_body(request: Request) -> Any:
@@ -61,10 +111,34 @@ async def _read_upload(value: Any, name: str) -> bytes:
     return await value.read()
 
 
+async def parse_json_model(request: Request, model: type[BaseModel]) -> Any:
+    """A JSON-only body validated by ``model`` (415 for another content type, 422 for bad JSON)."""
+    media = _media_type(request)
+    if media != "application/json":
+        got = media or "no content type"
+        raise APIError(415, "unsupported_media_type", f"send application/json, not {got!r}")
+    return _validate(model, await _json_body(request))
+
+
+def _refuse_repeated_external_ids(items: list[Any]) -> None:
+    """Two crops of one request with one external_id would be merged into one item: refuse the request."""
+    first: dict[str, int] = {}
+    for position, item in enumerate(items):
+        if item.external_id is None:
+            continue
+        if item.external_id in first:
+            raise InputError(
+                f"items[{position}] repeats the external_id {item.external_id!r} of items[{first[item.external_id]}]: "
+                "each crop of a request needs its own external_id",
+                "duplicate_external_id",
+            )
+        first[item.external_id] = position
+
+
 async def parse_query(request: Request, settings: Settings) -> tuple[schemas.QueryParams, bytes]:
     media = _media_type(request)
     if media == "multipart/form-data":
-        async with request.form(max_files=2, max_fields=32, max_part_size=settings.max_request_bytes) as form:
+        async with _multipart(request, max_files=2, max_fields=32, max_part_size=settings.max_request_bytes) as form:
             fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
             uploads = form.getlist("image")
             if not uploads:
@@ -90,8 +164,8 @@ async def parse_ingest(request: Request, settings: Settings) -> list[tuple[schem
     media = _media_type(request)
     max_files = settings.max_files
     if media == "multipart/form-data":
-        async with request.form(
-            max_files=max_files, max_fields=max_files + 8, max_part_size=settings.max_request_bytes
+        async with _multipart(
+            request, max_files=max_files, max_fields=max_files + 8, max_part_size=settings.max_request_bytes
         ) as form:
             uploads = form.getlist("images")
             raw_items = form.getlist("items")
@@ -99,10 +173,7 @@ async def parse_ingest(request: Request, settings: Settings) -> list[tuple[schem
                 raise InputError("missing the 'images' files", "missing_image")
             if len(raw_items) != 1 or not isinstance(raw_items[0], str):
                 raise InputError("send one 'items' field: a JSON array, one object per image", "invalid_request")
-            try:
-                items = json.loads(raw_items[0])
-            except json.JSONDecodeError as exc:
-                raise InputError(f"'items' is not valid JSON: {exc}", "invalid_json") from None
+            items = _loads(raw_items[0], "'items'")
             if not isinstance(items, list):
                 raise InputError("'items' must be a JSON array, one object per image", "invalid_request")
             if len(items) != len(uploads):
@@ -113,6 +184,7 @@ async def parse_ingest(request: Request, settings: Settings) -> list[tuple[schem
             if len(uploads) > max_files:
                 raise PayloadTooLarge(f"{len(uploads)} files, at most {max_files} per request", "too_many_files")
             metas = [_validate(schemas.IngestItem, item, ("items", i)) for i, item in enumerate(items)]
+            _refuse_repeated_external_ids(metas)
             labels = [f"images[{i}]" for i in range(len(uploads))]
             datas = [await _read_upload(u, label) for u, label in zip(uploads, labels, strict=True)]
         return list(zip(metas, datas, labels, strict=True))
@@ -121,6 +193,7 @@ async def parse_ingest(request: Request, settings: Settings) -> list[tuple[schem
         if isinstance(body, dict) and isinstance(body.get("items"), list) and len(body["items"]) > max_files:
             raise PayloadTooLarge(f"{len(body['items'])} items, at most {max_files} per request", "too_many_files")
         parsed = _validate(schemas.IngestJSON, body)
+        _refuse_repeated_external_ids(parsed.items)
         labels = [f"items[{i}].image_base64" for i in range(len(parsed.items))]
         datas = await run_in_threadpool(_decode_base64_many, [item.image_base64 for item in parsed.items], labels)
         # an IngestItemJSON is an IngestItem: its metadata is used as validated

@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ingest",
         help="add a folder of crops to a running service's gallery",
         description="Upload every image under DIR through POST /gallery/ingest. The external_id of a crop is "
-        "its path relative to DIR, so running the command again adds nothing twice.",
+        "CAMERA:PATH (PATH relative to DIR), so folders of several cameras with the same layout do not collide "
+        "and running the command again adds nothing twice.",
     )
     q.add_argument("directory", type=Path, metavar="DIR")
     q.add_argument("--camera", required=True, help="camera id of these crops")
@@ -190,6 +191,16 @@ def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
         yield paths[start : start + size]
 
 
+def external_id(camera: str, relative_path: str) -> str:
+    """The external id ``clipmc ingest`` gives a crop: ``CAMERA:PATH``, PATH relative to the folder.
+
+    The camera is part of it because camera folders often share one layout (``0001/0001.jpg`` under
+    each of SYSU-MM01's cam1..cam6): keyed by the path alone, the second camera's crops would be taken
+    for the first's. A camera id holds no ':', so the first ':' splits the two unambiguously.
+    """
+    return f"{camera}:{relative_path}"
+
+
 class IngestClient:
     """Posts crops to ``/gallery/ingest``; a refused batch is retried file by file to isolate bad files."""
 
@@ -207,7 +218,12 @@ class IngestClient:
 
     def _item(self, path: Path) -> dict[str, Any]:
         rel = path.relative_to(self.root).as_posix()
-        return {"external_id": rel, "modality": self.modality, "camera": self.camera, "metadata": {"path": rel}}
+        return {
+            "external_id": external_id(self.camera, rel),
+            "modality": self.modality,
+            "camera": self.camera,
+            "metadata": {"path": rel},
+        }
 
     def post(self, paths: list[Path], retries: int = 5) -> Any:
         """One request; a 503 (warming up, overloaded) is retried after the server's Retry-After."""
@@ -243,6 +259,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return 2
     if args.batch < 1:
         print("clipmc ingest: error: --batch must be >= 1", file=sys.stderr)
+        return 2
+    if ":" in args.camera or not args.camera.strip():
+        print(f"clipmc ingest: error: --camera {args.camera!r} must be non-empty and hold no ':'", file=sys.stderr)
         return 2
     paths = find_images(root)
     if not paths:

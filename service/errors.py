@@ -1,23 +1,31 @@
 """Error answers: every failure becomes ``{"error": {"code", "message"}}`` with a fitting status.
 
-Bad input anywhere (a request field, an image, a gallery item) raises a ``ValueError`` subclass with a
-message that names the problem; the handlers here turn each kind into its 4xx, so none of them reaches
-a 500 and the server stays up.
+Only the project's own input errors are the client's fault: :class:`APIError` / :class:`InputError`,
+request validation, and the bad-input classes of the gallery (:class:`GalleryError`), the image
+decoder (:class:`ImageDecodeError`) and the embedder (:class:`EmbedderError`) map to 4xx. Storage
+failures (``sqlite3.Error``, ``OSError``: disk full, database locked, I/O error) and an unusable
+gallery are 503s with a code saying which. Anything else, a plain ``ValueError`` included, is a bug:
+a 500 whose body and log line carry the same request id, with the traceback in the log.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipmc.export import EmbedderError
 from clipmc.gallery.errors import (
     DimensionMismatchError,
+    ExternalIdConflictError,
     GalleryError,
     GalleryStateError,
     ItemNotFoundError,
@@ -68,12 +76,14 @@ class PayloadTooLarge(InputError):
         super().__init__(message, code, 413)
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, **extra: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: str
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
 
 
 def _format_validation(exc: RequestValidationError) -> str:
@@ -85,10 +95,12 @@ def _format_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-# Bad-input exceptions and their answers, most specific class first (subclasses before GalleryError).
-_VALUE_ERRORS: tuple[tuple[type[ValueError], int, str], ...] = (
+# The project's bad-input exceptions and their answers, most specific class first (subclasses before
+# GalleryError). A ValueError of any other class is not the client's fault: it is a 500.
+INPUT_ERRORS: tuple[tuple[type[ValueError], int, str], ...] = (
     (VersionMismatchError, 409, "embedding_version_mismatch"),
     (DimensionMismatchError, 409, "dimension_mismatch"),
+    (ExternalIdConflictError, 409, "external_id_conflict"),
     (ItemNotFoundError, 404, "not_found"),
     (GalleryError, 422, "invalid_item"),
     (ImageDecodeError, 422, "invalid_image"),
@@ -96,12 +108,28 @@ _VALUE_ERRORS: tuple[tuple[type[ValueError], int, str], ...] = (
 )
 
 
-def classify_value_error(exc: ValueError) -> tuple[int, str]:
-    """Status and code of a bad-input exception; the most specific class wins."""
-    for kind, status, code in _VALUE_ERRORS:
+def classify_input_error(exc: ValueError) -> tuple[int, str]:
+    """Status and code of one of the project's bad-input exceptions; the most specific class wins."""
+    for kind, status, code in INPUT_ERRORS:
         if isinstance(exc, kind):
             return status, code
-    return 422, "invalid_request"
+    raise TypeError(f"{type(exc).__name__} is not one of the project's input errors")
+
+
+def classify_storage_error(exc: BaseException) -> tuple[str, str]:
+    """(code, message) of a storage failure: the disk is full, the database is locked, or another I/O error."""
+    text = str(exc)
+    lowered = text.lower()
+    if "disk is full" in lowered or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return "storage_full", f"the gallery's storage is full; nothing was stored ({text})"
+    if "locked" in lowered or "busy" in lowered:
+        return "database_locked", f"the gallery database is busy; try again ({text})"
+    return "storage_error", f"the gallery's storage failed; nothing was stored ({text})"
+
+
+def new_request_id() -> str:
+    """A short random id that ties an error answer to its log line."""
+    return uuid.uuid4().hex[:16]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -122,19 +150,83 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "validation_error", _format_validation(exc))
 
-    @app.exception_handler(ValueError)
-    async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
-        status, code = classify_value_error(exc)
+    async def _input_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ValueError)
+        status, code = classify_input_error(exc)
         log.info("request refused: %s %s", code, exc)
         return error_response(status, code, str(exc))
+
+    for kind, _, _ in INPUT_ERRORS:
+        app.add_exception_handler(kind, _input_error)
+
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = new_request_id()
+        if isinstance(exc, TimeoutError):  # an OSError too, but no storage failure
+            code, message = "timeout", "the operation timed out; try again"
+        else:
+            code, message = classify_storage_error(exc)
+        log.error(
+            "storage failure on %s %s (request %s): %r", request.method, request.url.path, request_id, exc, exc_info=exc
+        )
+        return error_response(503, code, message, {"Retry-After": "5"}, request_id=request_id)
+
+    app.add_exception_handler(sqlite3.Error, _storage_error)
+    app.add_exception_handler(OSError, _storage_error)
 
     @app.exception_handler(GalleryStateError)
     async def _gallery_state(request: Request, exc: GalleryStateError) -> JSONResponse:
         log.error("gallery unavailable: %s", exc)
         return error_response(503, "gallery_unavailable", str(exc))
 
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Reached only by bugs: answers in the same JSON shape; Starlette logs and re-raises.
-        log.error("unexpected error on %s %s: %r", request.method, request.url.path, exc)
-        return error_response(500, "internal_error", "internal server error (logged)")
+        return internal_error_response(request.method, request.url.path, exc)
+
+    # For what escapes the middleware stack (Starlette's ServerErrorMiddleware, which re-raises); the
+    # routes' own bugs are answered by InternalErrorMiddleware without re-raising.
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(InternalErrorMiddleware)
+
+
+def internal_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """Log ``exc`` with its traceback under a new request id; the 500 answer that carries that id."""
+    request_id = new_request_id()
+    log.error("internal error on %s %s (request %s): %r", method, path, request_id, exc, exc_info=exc)
+    return error_response(
+        500,
+        "internal_error",
+        f"internal server error (request id {request_id}; the traceback is in the server log)",
+        {"X-Request-ID": request_id},
+        request_id=request_id,
+    )
+
+
+class InternalErrorMiddleware:
+    """Answers an exception no handler claimed (a bug) with a logged 500, and does not re-raise it.
+
+    Starlette's own last-resort handler re-raises after answering, and uvicorn then drops the
+    connection, so a client can see a reset instead of the answer; here the answer is complete and the
+    connection stays usable. It sits inside the other middlewares, so metrics count the 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:  # too late for an answer: let the server close the connection
+                raise
+            response = internal_error_response(scope.get("method", "?"), scope.get("path", "?"), exc)
+            await response(scope, receive, send)

@@ -54,6 +54,18 @@ class Metrics:
         )
         self.gallery_items = Gauge("clipmc_gallery_items", "Items in the gallery", registry=r)
         self.ready = Gauge("clipmc_ready", "1 when the model is warmed up and the gallery loaded", registry=r)
+        self.erased = Counter(
+            "clipmc_erased_items",
+            "Gallery items erased, by reason (delete, filter, retention)",
+            ["reason"],
+            registry=r,
+        )
+        self.compactions = Counter(
+            "clipmc_gallery_compactions", "Compactions that took removed items off the disk", registry=r
+        )
+        self.maintenance_errors = Counter(
+            "clipmc_maintenance_errors", "Failed retention or compaction runs (retried at the next run)", registry=r
+        )
         self.info = Gauge(
             "clipmc_model_info", "The served model", ["embedding_version", "backend", "embedding_dim"], registry=r
         )

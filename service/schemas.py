@@ -14,6 +14,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from clipmc.contract import MAX_TOP_K, MODALITY_ALIASES, MODALITY_NAMES
+from clipmc.gallery.errors import GalleryError
+from clipmc.gallery.items import check_metadata_shape
+
+#: The capture times an ingested crop may carry (epoch seconds): 1970-01-01 to 2100-01-01 UTC. A value
+#: outside is almost always another unit (milliseconds, microseconds), which would sort and filter
+#: wrongly and which browsers cannot show as a date.
+MIN_TIMESTAMP = 0.0
+MAX_TIMESTAMP = 4_102_444_800.0
 
 
 def _canonical_modality(value: Any) -> Any:
@@ -141,7 +149,24 @@ class IngestItem(BaseModel):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _time(cls, value: Any) -> float | None:
-        return parse_time(value)
+        ts = parse_time(value)
+        if ts is not None and not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP:
+            raise ValueError(
+                f"timestamp {ts:g} is outside 1970-01-01..2100-01-01 in epoch seconds "
+                f"({MIN_TIMESTAMP:.0f}..{MAX_TIMESTAMP:.0f}); milliseconds or microseconds?"
+            )
+        return ts
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_shape(cls, value: Any) -> Any:
+        # Before pydantic walks it: bounded depth and key count (the byte size is the gallery's check).
+        if isinstance(value, dict):
+            try:
+                check_metadata_shape(value)
+            except GalleryError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class IngestItemJSON(IngestItem):
@@ -157,13 +182,16 @@ class IngestJSON(BaseModel):
 
 
 class IngestResponse(BaseModel):
-    ids: list[int] = Field(description="gallery ids, in the order of the request's items")
+    ids: list[int] = Field(
+        description="gallery ids, in the order of the request's items; below 2**53 with either back-end, so "
+        "exact as JavaScript numbers"
+    )
     created: int
     existing: int
 
 
 class ItemResponse(BaseModel):
-    id: int
+    id: int = Field(description="gallery id, below 2**53 (exact as a JavaScript number) with either back-end")
     external_id: str | None
     modality: Modality
     camera: str | None
@@ -190,9 +218,50 @@ class DeleteResponse(BaseModel):
     deleted: bool
 
 
+class EraseRequest(BaseModel):
+    """``POST /gallery/erase``: every item matching all the given conditions is deleted (at least one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identity: str | None = Field(None, max_length=256)
+    track_id: str | None = Field(None, max_length=256)
+    cameras: list[str] | None = Field(None, description="camera ids")
+    since: float | None = Field(None, description="epoch seconds or ISO 8601 (inclusive, capture time)")
+    until: float | None = Field(None, description="epoch seconds or ISO 8601 (inclusive, capture time)")
+
+    @field_validator("identity", "track_id", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        return _label(value)
+
+    @field_validator("cameras", mode="before")
+    @classmethod
+    def _cameras(cls, value: Any) -> Any:
+        return _camera_list(value)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _times(cls, value: Any) -> float | None:
+        return parse_time(value)
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> EraseRequest:
+        if all(getattr(self, name) is None for name in ("identity", "track_id", "cameras", "since", "until")):
+            raise ValueError("give at least one of identity, track_id, cameras, since, until")
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError("since is after until")
+        return self
+
+
+class EraseResponse(BaseModel):
+    deleted: int = Field(description="items deleted now; their vectors leave the disk at the next compaction")
+    compaction_within_s: float = Field(description="the documented bound for the vectors to leave every file")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(None, description="on 500 and 503 storage errors: the id in the server log")
 
 
 class ErrorResponse(BaseModel):

@@ -155,6 +155,17 @@ class Settings(BaseSettings):
     # auth
     api_keys: Annotated[list[APIKey], NoDecode] = Field(default_factory=list)
     metrics_require_auth: bool = False
+    auth_failure_limit: int = Field(10, ge=0, description="failed authentications per client per window (0: off)")
+    auth_failure_window_s: float = Field(60.0, gt=0.0, le=86400.0)
+
+    # start-up
+    warmup_backoff_s: float = Field(1.0, gt=0.0, le=60.0, description="first delay before retrying a warm-up")
+
+    # erasure and retention (DESIGN.md / README "Erasure")
+    retention_days: float | None = Field(None, gt=0.0, description="delete items older than this, on a schedule")
+    maintenance_interval_s: float = Field(
+        60.0, gt=0.0, le=3600.0, description="how often retention runs and removals are compacted off the disk"
+    )
 
     # limits
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)

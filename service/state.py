@@ -45,6 +45,7 @@ class ServiceState:
     ready: bool = False
     status: str = "starting"
     warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    maintenance_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class ReadyService(NamedTuple):

@@ -11,6 +11,7 @@ import pytest
 from clipmc.gallery import (
     AddResult,
     DimensionMismatchError,
+    ExternalIdConflictError,
     FaissGallery,
     Filters,
     GalleryError,
@@ -195,7 +196,11 @@ def test_reingest_with_same_external_ids_adds_nothing(tmp_path: Path, rng: np.ra
     with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
         first = gallery.add(items)
         seq = gallery.stats()["seq"]
-        again = gallery.add(random_items(np.random.default_rng(99), 40))  # same external ids, other vectors
+        # same external ids, cameras and modalities, other vectors and other labels: nothing is stored
+        again_items = random_items(np.random.default_rng(99), 40)
+        for old, new in zip(items, again_items, strict=True):
+            new.camera, new.modality = old.camera, old.modality
+        again = gallery.add(again_items)
         assert again.ids == first.ids
         assert (again.created, again.existing) == (0, 40)
         assert gallery.stats()["count"] == 40
@@ -213,6 +218,13 @@ def test_reingest_with_same_external_ids_adds_nothing(tmp_path: Path, rng: np.ra
         assert gallery.add(no_key).created == 2
         assert gallery.add(no_key).created == 2  # without an external id every add is new
         assert gallery.stats()["count"] == 40 + 3 + 1 + 4
+        # a stored external id with another camera or modality names another crop: refused, not skipped
+        other_camera = random_items(rng, 1)[0]
+        other_camera.external_id, other_camera.modality = items[0].external_id, items[0].modality
+        other_camera.camera = f"{items[0].camera}-elsewhere"
+        with pytest.raises(ExternalIdConflictError, match="camera"):
+            gallery.add([*random_items(rng, 2, prefix="ok"), other_camera])
+        assert gallery.stats()["count"] == 40 + 3 + 1 + 4  # all or nothing
         np.testing.assert_allclose(gallery.get(first.ids[0]).vector, items[0].vector)
 
 

@@ -163,3 +163,31 @@ def test_export_from_faiss_import_into_milvus(tmp_path: Path) -> None:
         exported = {item.id: item for batch in target.iter_items(batch_size=16) for item in batch}
         assert sorted(exported) == sorted(ids)
         assert exported[ids[3]].to_dict() == {**items[3].to_dict(), "id": ids[3]}
+
+
+def test_milvus_ids_stay_below_2_53_and_unique(tmp_path: Path) -> None:
+    """Issue 16 item 12: ids travel as JSON numbers into the web page; a JavaScript number holds 2**53-1."""
+    from clipmc.gallery.items import MAX_ITEM_ID
+    from clipmc.gallery.milvus_backend import _IdGenerator
+
+    generator = _IdGenerator()
+    ids = generator.take(5000)  # more than one tick's 1024: waits for the next tick
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
+    assert max(ids) <= MAX_ITEM_ID and float(max(ids)) == max(ids)  # exact as a double
+    with open_gallery(tmp_path / "milvus", DIM, VERSION, backend="milvus") as gallery:
+        stored = gallery.add(make_items(20, seed=12)).ids
+        assert all(0 < i <= MAX_ITEM_ID for i in stored)
+
+
+def test_milvus_erase_by_filter(tmp_path: Path) -> None:
+    from clipmc.gallery import EraseFilter
+
+    with open_gallery(tmp_path / "milvus", DIM, VERSION, backend="milvus") as gallery:
+        items = make_items(12, seed=13)
+        for i, item in enumerate(items):
+            item.identity = f"p{i % 3}"
+        ids = gallery.add(items).ids
+        erased = gallery.erase(EraseFilter(identity="p1"))
+        assert sorted(erased) == sorted(ids[i] for i in range(12) if i % 3 == 1)
+        assert gallery.stats()["count"] == 8
+        assert gallery.find_ids(EraseFilter(cameras=['cam"0'])) == sorted(ids[i] for i in (0, 8))  # 4 is erased

@@ -61,7 +61,7 @@ def test_ingest_command_is_idempotent_and_skips_bad_files(tmp_path, embedder, ca
             stats = c.get("/gallery/stats").json()
             assert stats["count"] == 4
             item = c.get("/gallery/items/1").json()
-        assert item["external_id"] == item["metadata"]["path"] == "a/0001.png"
+        assert item["external_id"] == "5:a/0001.png" and item["metadata"]["path"] == "a/0001.png"
         assert item["camera"] == "5" and item["modality"] == "visible"
 
         assert main([*args, "--api-key", "wrong-key-000000"]) == 2

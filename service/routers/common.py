@@ -17,6 +17,7 @@ ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="gallery item 
 #: Scope dependencies, for a route's ``dependencies=[...]``.
 QUERY_SCOPE = Depends(require("query"))
 INGEST_SCOPE = Depends(require("ingest"))
+ADMIN_SCOPE = Depends(require("admin"))
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": text}

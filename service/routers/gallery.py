@@ -11,11 +11,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from clipmc.gallery import BaseGallery, Item
+from clipmc.gallery import BaseGallery, EraseFilter, Item
 from clipmc.service import schemas
-from clipmc.service.bodies import decode_many, parse_ingest
+from clipmc.service.bodies import decode_many, parse_ingest, parse_json_model
 from clipmc.service.errors import APIError
-from clipmc.service.routers.common import ERRORS, INGEST_SCOPE, QUERY_SCOPE, ItemId, body_doc, item_dict
+from clipmc.service.maintenance import erase_ids, erase_matching
+from clipmc.service.routers.common import (
+    ADMIN_SCOPE,
+    ERRORS,
+    INGEST_SCOPE,
+    QUERY_SCOPE,
+    ItemId,
+    body_doc,
+    item_dict,
+)
 from clipmc.service.state import ReadyService, ServiceState, get_state, open_gallery_state, ready_service
 
 log = logging.getLogger("clipmc.service")
@@ -55,7 +64,7 @@ async def ingest(request: Request, service: ReadyService = Depends(ready_service
     result = await run_in_threadpool(gallery.add, items, embedding_version=embedder.embedding_version)
     if state.thumbnails is not None:
         await run_in_threadpool(
-            state.thumbnails.put_many, [(i, d.thumbnail) for i, d in zip(result.ids, decoded, strict=True)]
+            _put_thumbnails, state, gallery, [(i, d.thumbnail) for i, d in zip(result.ids, decoded, strict=True)]
         )
     if result.created:
         stats = await run_in_threadpool(gallery.stats)
@@ -104,14 +113,49 @@ async def delete_item(
     state: ServiceState = Depends(get_state),
     gallery: BaseGallery = Depends(open_gallery_state),
 ) -> Any:
-    removed = await run_in_threadpool(gallery.remove, [item_id])
+    removed = await run_in_threadpool(erase_ids, state, gallery, [item_id], "delete")
     if not removed:
         raise APIError(404, "not_found", f"no gallery item with id {item_id}")
-    if state.thumbnails is not None:
-        await run_in_threadpool(state.thumbnails.delete, item_id)
-    stats = await run_in_threadpool(gallery.stats)
-    state.metrics.gallery_items.set(stats["count"])
     return {"id": item_id, "deleted": True}
+
+
+@router.post(
+    "/erase",
+    summary="delete every item matching a filter (identity, track, cameras, time range)",
+    response_model=schemas.EraseResponse,
+    responses=ERRORS,
+    dependencies=[ADMIN_SCOPE],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EraseRequest"}}},
+        }
+    },
+)
+async def erase(
+    request: Request,
+    state: ServiceState = Depends(get_state),
+    gallery: BaseGallery = Depends(open_gallery_state),
+) -> Any:
+    body = await parse_json_model(request, schemas.EraseRequest)
+    criteria = EraseFilter(
+        identity=body.identity, track_id=body.track_id, cameras=body.cameras, since=body.since, until=body.until
+    )
+    deleted = await run_in_threadpool(erase_matching, state, gallery, criteria, "filter")
+    return {"deleted": deleted, "compaction_within_s": state.settings.maintenance_interval_s}
+
+
+def _put_thumbnails(state: ServiceState, gallery: BaseGallery, pairs: list[tuple[int, bytes | None]]) -> None:
+    """Write the thumbnails, then drop those whose item was deleted meanwhile.
+
+    A DELETE removes the item, then its thumbnail; this writes the thumbnail, then checks the item.
+    Whichever order the two interleave in, no thumbnail outlives its item.
+    """
+    assert state.thumbnails is not None
+    state.thumbnails.put_many(pairs)
+    for item_id, _ in pairs:
+        if gallery.get(item_id, with_vector=False) is None:
+            state.thumbnails.delete(item_id)
 
 
 @router.get(

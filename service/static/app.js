@@ -75,7 +75,7 @@ function renderResults(body) {
     score.textContent = hit.score.toFixed(4);
     const camera = field("camera", hit.camera);
     camera.classList.add("camera");
-    const when = hit.timestamp === null ? null : new Date(hit.timestamp * 1000).toISOString().replace(".000Z", "Z");
+    const when = formatTime(hit.timestamp);
     card.append(rank, img, score, camera, field("modality", hit.modality), field("id", hit.external_id || hit.id), field("time", when));
     if (hit.identity) card.append(field("identity", hit.identity));
     list.append(card);
