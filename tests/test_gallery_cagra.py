@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipmc.gallery import Filters, Gallery, GalleryError, IndexConfig, Item
+from clipmc.gallery import FaissGallery, Filters, GalleryError, IndexConfig, Item
 from clipmc.gallery.cagra import cagra_available
 from clipmc.gallery.index import VectorIndex
 from tests.test_gallery import unit_vectors
@@ -50,7 +50,7 @@ def test_cagra_without_a_gpu_searches_on_the_cpu(tmp_path: Path, caplog: pytest.
     rng = np.random.default_rng(1)
     x = unit_vectors(rng, 200, DIM)
     config = IndexConfig(kind="flat", gpu_index="cagra", use_gpu=True)
-    with caplog.at_level(logging.WARNING), Gallery(tmp_path / "g", DIM, "v1", index=config) as gallery:
+    with caplog.at_level(logging.WARNING), FaissGallery(tmp_path / "g", DIM, "v1", index=config) as gallery:
         gallery.add(items_for(x))
         stats = gallery.stats()["index"]
         assert stats["gpu"] is False and stats["gpu_index"] is None and stats["cagra"] is None
@@ -64,7 +64,7 @@ def test_cagra_gallery_recall_filters_and_writes(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     x = unit_vectors(rng, 5000, DIM)
     config = IndexConfig(kind="flat", gpu_index="cagra", use_gpu=True, cagra_graph_degree=32)
-    with Gallery(tmp_path / "g", DIM, "v1", index=config) as gallery:
+    with FaissGallery(tmp_path / "g", DIM, "v1", index=config) as gallery:
         ids = gallery.add(items_for(x)).ids
         stats = gallery.stats()["index"]
         assert stats["gpu_index"] == "cagra" and stats["cagra"]["recall_at_10"] >= 0.9
