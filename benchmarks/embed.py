@@ -68,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["default", "reduce-overhead", "max-autotune"],
         help="also run torch.compile'd torch with this mode (reduce-overhead = CUDA graphs on GPU)",
     )
+    p.add_argument("--compile-precisions", default=None, help="compile only these precisions (default: all)")
+    p.add_argument("--compile-batch-sizes", default=None, help="batch sizes of the compiled runs (default: all)")
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="count the model's FLOPs per image (torch.utils.flop_counter) and report achieved TFLOP/s",
+    )
+    p.add_argument("--from-json", type=Path, help="only re-render the table and plot of an earlier run")
     p.add_argument("--engine-dir", type=Path, help="TensorRT engine cache (default: a temporary directory)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output directory")
     p.add_argument("--name", default="embed", help="output file stem (default: embed)")
@@ -75,9 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    import onnxruntime
     import torch
 
+    try:
+        import onnxruntime
+    except ImportError:  # a GPU box with torch only (benchmarks/gpu.sh)
+        onnxruntime = None
     info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "os_cpu_count": os.cpu_count(),
@@ -86,8 +97,8 @@ def machine_info(device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "onnxruntime": onnxruntime.__version__ if onnxruntime else None,
+        "onnxruntime_providers": onnxruntime.get_available_providers() if onnxruntime else [],
         "device": device,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
@@ -208,7 +219,11 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
                             ),
                         )
                     )
-                    if args.compile:
+                    compile_precisions = args.compile_precisions.split(",") if args.compile_precisions else None
+                    if args.compile and (compile_precisions is None or precision in compile_precisions):
+                        compile_sizes = (
+                            parse_sizes(args.compile_batch_sizes, device) if args.compile_batch_sizes else sizes
+                        )
                         runtimes.append(
                             (
                                 f"torch-compile[{args.compile}]/{precision}",
@@ -216,7 +231,7 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
                                     model,
                                     device=device,
                                     precision=precision,
-                                    batch_sizes=sizes,
+                                    batch_sizes=compile_sizes,
                                     embedding_version=version,
                                     compile=True,
                                     compile_mode=args.compile,
@@ -257,7 +272,25 @@ def build_runtimes(args: argparse.Namespace, device: str, workdir: Path) -> tupl
             except ValueError as exc:  # EmbedderError: not runnable here (fp16 on CPU, no TensorRT, ...)
                 skipped[label] = str(exc)
                 log.warning("skipping %s: %s", label, exc)
-    return runtimes, {"skipped": skipped, "embedding_version": version, "architecture": model.config.name}
+    info: dict[str, Any] = {"skipped": skipped, "embedding_version": version, "architecture": model.config.name}
+    if args.flops:
+        info["gflop_per_image"] = flops_per_image(model) / 1e9
+        log.info("%.1f GFLOP per image (torch.utils.flop_counter)", info["gflop_per_image"])
+    return runtimes, info
+
+
+def flops_per_image(model: Any) -> float:
+    """FLOPs of one embedding (batch 1, fp32, on the CPU), as torch's FlopCounterMode counts them (2 per MAC)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clipmc.model.clipmc import EmbeddingGraph
+
+    h, w = model.config.image_size
+    graph = EmbeddingGraph(model).to("cpu").eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        graph(torch.zeros(1, 3, h, w), torch.zeros(1, dtype=torch.int64))
+    return float(counter.get_total_flops())
 
 
 def parity_set(n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +348,11 @@ def write_outputs(result: dict[str, Any], out: Path, name: str) -> dict[str, Pat
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     paths["md"].write_text(markdown(result), encoding="utf-8")
-    plot(result, paths["png"])
+    try:
+        plot(result, paths["png"])
+    except ImportError as exc:  # a bare GPU box without matplotlib: re-render later with --from-json
+        log.warning("no plot (%s): run benchmarks/embed.py --from-json %s to draw it", exc, paths["json"])
+        del paths["png"]
     return paths
 
 
@@ -344,14 +381,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"device = {m['device']}" + (f" ({m.get('gpu')})" if m.get("gpu") else "") + f"; torch {m['torch']}, "
         f"onnxruntime {m['onnxruntime']}; load average at start {m['load_average']}.",
         "",
-        "| runtime | batch | images/s | p50 ms | p99 ms | calls |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| runtime | batch | images/s | p50 ms | p99 ms | calls | TFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    gflop = result.get("gflop_per_image")
     for r in result["results"]:
+        tflops = f"{r['images_per_s'] * gflop / 1e3:.3g}" if gflop else "–"
         lines.append(
             f"| {r['runtime']} | {r['batch']} | {r['images_per_s']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['iters']} |"
+            f"| {r['iters']} | {tflops} |"
         )
+    if gflop:
+        lines += [
+            "",
+            f"{gflop:.3g} GFLOP per image (torch.utils.flop_counter, 2 per multiply-add): TFLOP/s = images/s x "
+            "that; the bound on images/s is the device's peak TFLOP/s for the precision divided by it.",
+        ]
     if result["ratios"]:
         lines += ["", "Throughput relative to torch fp32 eager (same batch, same run):", ""]
         lines += [f"- {r['runtime']} batch {r['batch']}: x{r['throughput_ratio']:.2f}" for r in result["ratios"]]
@@ -447,6 +492,7 @@ def _run(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
         "skipped": info["skipped"],
+        "gflop_per_image": info.get("gflop_per_image"),
         "parity": agreement,
         "note": "Inputs: preprocessed float32 batches, fresh random values. Other processes shared the CPU: "
         "see load_average; compare runtimes measured in the same run only.",
@@ -458,6 +504,11 @@ def _run(args: argparse.Namespace, device: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text(encoding="utf-8"))
+        paths = write_outputs(result, args.out, args.name)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     result = run(args)
     paths = write_outputs(result, args.out, args.name)
     print(markdown(result))

@@ -127,6 +127,8 @@ def select_runtime(
         device = "cuda" if gpu and backend != "onnxruntime" else "cpu"
         if backend == "onnxruntime" and gpu and host.ort_cuda:
             device = "cuda"
+        if backend == "tensorrt":  # TensorRT runs on a GPU or not at all: its own error says what is missing
+            device = "cuda"
     elif backend == "auto" and not device.startswith("tensorrt"):
         kind, index = parse_device(device)
         if kind == "cuda" and index >= host.cuda_devices:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from clipmc.contract import atomic_write, fsync_dir
 from clipmc.gallery.base import DEFAULT_NORM_TOLERANCE, BaseGallery, check_new_gallery, check_stored_matches
+from clipmc.gallery.cagra import cagra_available
 from clipmc.gallery.errors import GalleryError, GalleryStateError, ItemNotFoundError
 from clipmc.gallery.index import MIN_IVF_ITEMS, IndexConfig, IndexKind, VectorIndex, gpu_available
 from clipmc.gallery.items import AddResult, EraseFilter, Filters, Item, SearchHit, normalize_update
@@ -422,11 +423,22 @@ class FaissGallery(BaseGallery):
         """Put a GPU copy in front of the index when asked for and possible; else, for a flat index, the
         fp16 exact scan (IndexConfig.exact_scan)."""
         wanted = self.config.use_gpu
-        if wanted is not False and gpu_available():
+        if wanted is not False and self.config.gpu_index == "cagra" and cagra_available():
+            index.to_gpu_cagra(
+                self.config.gpu_device,
+                graph_degree=self.config.cagra_graph_degree,
+                recall_queries=self.config.recall_queries,
+                seed=self.config.seed + 2,
+            )
+            return
+        if wanted is not False and self.config.gpu_index == "copy" and gpu_available():
             index.to_gpu(self.config.gpu_device)
             return
         if wanted:
-            logger.warning("use_gpu=True but this FAISS build sees no GPU: searching on the CPU")
+            logger.warning(
+                "use_gpu=True but this FAISS build has no GPU%s or sees no GPU: searching on the CPU",
+                " with cuVS (CAGRA: pip install faiss-gpu-cuvs)" if self.config.gpu_index == "cagra" else "",
+            )
         if index.kind == "flat" and self.config.exact_scan == "fp16":
             index.attach_scan(self.config.shards(), self.config.scan_candidates)
 
@@ -518,8 +530,11 @@ class FaissGallery(BaseGallery):
         return item
 
     def _after_write(self) -> None:
-        """Switch index kind when the size calls for it; snapshot when enough has changed."""
+        """Switch index kind when the size calls for it; rebuild a CAGRA graph a write dropped; snapshot when
+        enough has changed."""
         assert self._index is not None
+        if self._index.gpu_stale:
+            self._install(self._index)  # a new graph over the CPU master (searches use the CPU meanwhile)
         wanted = self._wanted_kind(self._columns.count, self._index.kind)
         if wanted != self._index.kind:
             logger.info("gallery reached %d items: switching to a %s index", self._columns.count, wanted)

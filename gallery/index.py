@@ -29,6 +29,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from clipmc.gallery.cagra import CAGRA_MAX_K, CagraIndex
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, Fp16ExactScan
 
@@ -59,7 +60,9 @@ class IndexConfig:
     IVF index is kept once built).
     ``nlist`` defaults to about sqrt(n) lists (at least 16, and at least 39 training points per list);
     ``train_size`` to 40 points per list; ``nprobe`` is how many lists a query scans (more: slower,
-    better recall). ``use_gpu=None`` uses a GPU when FAISS can.
+    better recall). ``use_gpu=None`` uses a GPU when FAISS can; ``gpu_index`` is what the GPU searches:
+    ``"copy"`` (a GPU copy of the CPU index: exact or IVF as on the CPU) or ``"cagra"`` (cuVS's graph index,
+    approximate, recall@10 measured when built: ``gallery/cagra.py``).
     ``exact_scan="fp16"`` answers exact (flat) searches from an fp16 copy scanned in ``scan_shards``
     parallel shards and re-ranked in float32, with the same result as float32 search
     (``exact_scan.Fp16ExactScan``); ``"float32"`` searches the ``IndexFlatIP`` alone (less memory).
@@ -73,6 +76,8 @@ class IndexConfig:
     kmeans_iterations: int = 10
     use_gpu: bool | None = None
     gpu_device: int = 0
+    gpu_index: Literal["copy", "cagra"] = "copy"
+    cagra_graph_degree: int = 64
     recall_queries: int = 100
     seed: int = 1234
     exact_scan: Literal["fp16", "float32"] = "fp16"
@@ -87,6 +92,10 @@ class IndexConfig:
                 raise GalleryError(f"{name} must be at least 1")
         if self.nlist is not None and self.nlist < 1:
             raise GalleryError("nlist must be at least 1")
+        if self.gpu_index not in ("copy", "cagra"):
+            raise GalleryError(f"gpu_index must be 'copy' or 'cagra', got {self.gpu_index!r}")
+        if self.cagra_graph_degree < 8:
+            raise GalleryError("cagra_graph_degree must be at least 8")
         if self.exact_scan not in ("fp16", "float32"):
             raise GalleryError(f"exact_scan must be 'fp16' or 'float32', got {self.exact_scan!r}")
         if self.scan_shards is not None and self.scan_shards < 1:
@@ -133,6 +142,8 @@ class VectorIndex:
         self._gpu: Any = None
         self._gpu_resources: Any = None
         self._gpu_device = 0
+        self._cagra: CagraIndex | None = None
+        self.gpu_stale = False  # a CAGRA graph was dropped by a write and waits for a rebuild
         self._scan: Fp16ExactScan | None = None
 
     # -- construction -----------------------------------------------------------------------------
@@ -196,12 +207,52 @@ class VectorIndex:
             faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", self.nprobe)
         logger.info("gallery index copied to GPU %d (%d vectors)", device, self.cpu.ntotal)
 
+    def to_gpu_cagra(
+        self, device: int = 0, *, graph_degree: int = 64, recall_queries: int = 100, seed: int = 0
+    ) -> None:
+        """Serve searches from a CAGRA graph over this index's vectors; the CPU index stays the master."""
+        if self._gpu_resources is None:
+            self._gpu_resources = faiss.StandardGpuResources()
+        self._gpu_device = device
+        ids, vectors = self.vectors()
+        self._cagra = CagraIndex(
+            self._gpu_resources,
+            device,
+            ids,
+            vectors,
+            graph_degree=graph_degree,
+            recall_queries=recall_queries,
+            seed=seed,
+        )
+        self._gpu = self._cagra
+        self.gpu_stale = False
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors) of everything in the CPU index (a view for flat, a copy for IVF)."""
+        if self.kind == "flat":
+            n, d = self.ntotal, self.dim
+            flat = faiss.downcast_index(self.cpu.index)
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+            return faiss.vector_to_array(self.cpu.id_map).astype(np.int64), vectors
+        invlists = self.cpu.invlists
+        ids, parts = [], []
+        for lst in range(self.cpu.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+                codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * self.dim * 4)
+                parts.append(codes.view(np.float32).reshape(size, self.dim).copy())
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(ids).astype(np.int64), np.concatenate(parts)
+
     @property
     def on_gpu(self) -> bool:
         return self._gpu is not None
 
     def release_gpu(self) -> None:
         self._gpu = None
+        self._cagra = None
         self._gpu_resources = None
 
     def release(self) -> None:
@@ -245,7 +296,9 @@ class VectorIndex:
         self.cpu.add_with_ids(vectors, ids)
         if self._scan is not None:
             self._scan.add(ids, vectors)
-        if self._gpu is not None:
+        if self._cagra is not None:
+            self._drop_cagra()
+        elif self._gpu is not None:
             self._gpu.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
@@ -254,9 +307,17 @@ class VectorIndex:
         removed = int(self.cpu.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
         if removed and self._scan is not None:
             self._scan.remove(np.asarray(ids, dtype=np.int64))
-        if removed and self._gpu is not None:
+        if removed and self._cagra is not None:
+            self._drop_cagra()
+        elif removed and self._gpu is not None:
             self.to_gpu(self._gpu_device)  # GPU indexes cannot delete: re-copy the master
         return removed
+
+    def _drop_cagra(self) -> None:
+        """A CAGRA graph cannot change in place: search on the CPU until the gallery rebuilds it."""
+        self._gpu = None
+        self._cagra = None
+        self.gpu_stale = True
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -295,13 +356,15 @@ class VectorIndex:
             nq = len(queries)
             return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
         selector, bitmap = selector_from_mask(mask) if mask is not None else (None, None)
-        if self._gpu is None:
+        gpu = self._gpu  # read once: a write may drop a CAGRA graph while this search runs
+        if gpu is None:
             scores, labels = self._cpu_search(queries, k, selector, available)
             del bitmap
             return scores, labels
         # GPU indexes take no selector: over-fetch, drop what the mask rejects, redo short rows on the CPU.
-        fetch = k if mask is None else max(k, min(GPU_MAX_K, self.ntotal, k * GPU_OVERFETCH))
-        gpu_scores, gpu_labels = self._gpu.search(queries, fetch)
+        most = CAGRA_MAX_K if isinstance(gpu, CagraIndex) else GPU_MAX_K
+        fetch = k if mask is None else max(k, min(most, self.ntotal, k * GPU_OVERFETCH))
+        gpu_scores, gpu_labels = gpu.search(queries, min(fetch, most))
         keep = gpu_labels >= 0
         if mask is not None:
             inside = keep & (gpu_labels < len(mask))
@@ -325,6 +388,8 @@ class VectorIndex:
             "nlist": self.nlist,
             "nprobe": self.nprobe if self.kind == "ivf" else None,
             "gpu": self.on_gpu,
+            "gpu_index": ("cagra" if self._cagra is not None else "copy") if self.on_gpu else None,
+            "cagra": self._cagra.describe() if self._cagra is not None else None,
             "recall_at_10": self.recall_at_10,
             "exact_scan": self._scan.describe() if self._scan is not None else None,
         }

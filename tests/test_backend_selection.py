@@ -76,6 +76,8 @@ def test_explicit_choices_are_kept_and_auto_fields_resolved():
     )
     s = select_runtime("tensorrt", "auto", "auto", "checkpoint", TRT_HOST)
     assert (s.backend, s.device, s.precision) == ("tensorrt", "cuda", "fp16")
+    s = select_runtime("tensorrt", "auto", "auto", "onnx", CPU_HOST)  # TensorRT's own error will say "no GPU"
+    assert (s.backend, s.device, s.precision) == ("tensorrt", "cuda", "fp16")
     s = select_runtime("onnxruntime", "auto", "auto", "onnx", ORT_GPU_HOST)
     assert (s.backend, s.device, s.precision) == ("onnxruntime", "cuda", "fp32")
     s = select_runtime("onnxruntime", "auto", "auto", "onnx", BARE_GPU_HOST)  # no CUDA provider installed
