@@ -354,9 +354,10 @@ def pretrain(
             "train_seconds": round(seconds, 1),
             "options": asdict(cfg),
             "machine": {
-                "cpu": platform.processor() or platform.machine(),
+                "cpu": _cpu_model(),
                 "cpus": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(),
+                "load_average_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             },
         }
     )
@@ -374,3 +375,13 @@ def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
 def _run_options(options: dict[str, Any]) -> dict[str, Any]:
     """The options a resumed run must share with its start (the thread count may change)."""
     return {k: v for k, v in options.items() if k != "threads"}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
