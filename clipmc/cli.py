@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "clipmc.model.cli",
     "clipmc.model.cli_data",
     "clipmc.model.cli_calibrate",
+    "clipmc.model.cli_pretrain",
     "clipmc.export.cli",
     "clipmc.gallery.cli",
     "clipmc.service.commands",

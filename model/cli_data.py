@@ -17,7 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Same arguments and seed give byte-identical files."
         ),
     )
-    p.add_argument("--layout", required=True, choices=("sysu", "regdb", "llcm"), help="dataset layout to write")
+    p.add_argument(
+        "--layout",
+        required=True,
+        choices=("sysu", "regdb", "llcm", "captions"),
+        help="dataset layout to write; 'captions' is a CLIP pretraining set (every identity in 4 visible and "
+        "2 infrared cameras, no ReID split). Every layout also gets captions.jsonl (attributes + caption per crop)",
+    )
     p.add_argument("--out", required=True, help="output folder (must be missing or empty)")
     p.add_argument("--ids", required=True, type=int, help="number of identities (2..9999)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -25,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--images-per-camera",
         type=int,
         default=None,
-        help="images per (identity, camera); default 6 (sysu), 10 (regdb, per modality), 5 (llcm)",
+        help="images per (identity, camera); default 6 (sysu), 10 (regdb, per modality), 5 (llcm), 2 (captions)",
     )
     p.add_argument("--size", default="128x64", help="crop size HxW (default 128x64; the real sets are ~288x144)")
     p.add_argument(
@@ -33,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="test identities; default a third (sysu, llcm) or half per split (regdb)",
+    )
+    p.add_argument(
+        "--ir-coupling",
+        type=float,
+        default=0.0,
+        help="how much infrared brightness follows the visible colour of clothes and bags: 0 (default) "
+        "independent, as in earlier versions; 1 a fixed function of luminance and hue family",
     )
     p.add_argument("--workers", type=int, default=None, help="worker processes (default min(2, CPUs))")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -53,6 +66,7 @@ def _synth(args: argparse.Namespace) -> int:
             test_ids=args.test_ids,
             workers=args.workers,
             progress=not args.quiet,
+            ir_coupling=args.ir_coupling,
         )
     except SynthError as exc:
         print(f"clipmc synth: error: {exc}", file=sys.stderr)

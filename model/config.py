@@ -139,7 +139,24 @@ _TINY = ModelConfig(
     itpg_heads=2,
 )
 
-NAMED_CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_VIT_B_16, _TINY)}
+# The small CLIP pretrained on synthetic captions (`clipmc pretrain-clip`, DESIGN.md section 13) and the
+# CLIP-MC built on it: a ViT at the generator's 128 x 64 crops (an 8 x 4 patch grid) and a text tower
+# long enough for the captions (48 tokens, the CLIP BPE vocabulary), sized so that pretraining takes
+# minutes and one method-benchmark training run a few minutes on 2 CPU cores.
+_SYNTH_SMALL = ModelConfig(
+    name="synth-small",
+    open_clip_name=None,
+    image_size=(128, 64),
+    clip={
+        "embed_dim": 128,
+        "quick_gelu": False,
+        "vision_cfg": {"image_size": [128, 64], "layers": 4, "width": 128, "head_width": 32, "patch_size": 16},
+        "text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 3},
+    },
+    itpg_heads=4,
+)
+
+NAMED_CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (_VIT_B_16, _TINY, _SYNTH_SMALL)}
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:

@@ -7,6 +7,12 @@ viewpoint, light, blur, sensor noise). The infrared rendering drops colour but k
 the garment patterns, with a per-material infrared brightness drawn independently of the visible
 colour, so colour alone cannot solve the cross-modal match while silhouettes and textures can.
 
+``ir_coupling`` (0..1, default 0) makes the infrared brightness of clothes, hats, shoes and bags partly
+follow their visible colour, as dyes do in real near-infrared: 0 keeps the independent draw (so existing
+sets reproduce byte for byte), 1 makes it a fixed function of the colour's luminance and hue family.
+Beside every layout, ``captions.jsonl`` gives each crop's ground-truth attributes and a caption
+(``synth_captions``); ``--layout captions`` writes a large captioned pretraining set without a ReID split.
+
 Everything is a pure function of (seed, identity, camera, modality, image index): two runs with the
 same arguments write byte-identical files, whatever the number of worker processes.
 """
@@ -22,7 +28,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +36,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("sysu", "regdb", "llcm")
-DEFAULT_IMAGES_PER_CAMERA = {"sysu": 6, "regdb": 10, "llcm": 5}
+LAYOUTS = ("sysu", "regdb", "llcm", "captions")
+DEFAULT_IMAGES_PER_CAMERA = {"sysu": 6, "regdb": 10, "llcm": 5, "captions": 2}
 DEFAULT_SIZE = (128, 64)
 MAX_IDS = 9999  # identities are 4-digit folder names
 
@@ -42,8 +48,10 @@ BG, SKIN, HAIR, UPPER, LOWER, SHOES, BAG, HAT = range(8)
 NUM_LABELS = 8
 
 PATTERNS = ("plain", "hstripes", "vstripes", "diagonal", "checks", "dots")
-_LAYOUT_CODE = {"sysu": 1, "regdb": 2, "llcm": 3}
-_TAG_IDENTITY, _TAG_SCENE, _TAG_CAMERA, _TAG_IMAGE, _TAG_SPLIT, _TAG_COVER = range(1, 7)
+_LAYOUT_CODE = {"sysu": 1, "regdb": 2, "llcm": 3, "captions": 4}
+_TAG_IDENTITY, _TAG_SCENE, _TAG_CAMERA, _TAG_IMAGE, _TAG_SPLIT, _TAG_COVER, _TAG_CAPTION = range(1, 8)
+CAPTIONS_FILE = "captions.jsonl"
+DEFAULT_IR_COUPLING = 0.0
 
 
 class SynthError(ValueError):
@@ -130,8 +138,70 @@ def _garment(rng: np.random.Generator) -> Garment:
     )
 
 
-def make_identity(seed: int, pid: int) -> Identity:
-    """All identity-level attributes, drawn from (seed, pid) only."""
+# Colour names and the infrared coupling. Hue families are bins of the HSV hue; greys (low saturation)
+# are named by value. The names are the captions' colour words and the coupling's hue families.
+COLOUR_NAMES = ("black", "grey", "white", "red", "orange", "yellow", "green", "teal", "blue", "purple", "pink")
+_HUE_BINS = ((0.04, "red"), (0.11, "orange"), (0.18, "yellow"), (0.45, "green"), (0.54, "teal"), (0.72, "blue"),
+             (0.83, "purple"), (0.95, "pink"), (1.01, "red"))  # fmt: skip
+# Infrared brightness offset per colour family at coupling 1 (a fixed, arbitrary table: dyes of one
+# family reflect near-infrared alike); greys follow luminance only.
+_FAMILY_IR_OFFSET = {"red": 0.22, "orange": 0.16, "yellow": 0.08, "green": -0.02, "teal": -0.1, "blue": -0.18,
+                     "purple": 0.04, "pink": 0.14, "black": 0.0, "grey": 0.0, "white": 0.0}  # fmt: skip
+_MIN_PATTERN_CONTRAST = 0.15  # an accent stays this far from its garment's infrared brightness
+
+
+def colour_name(rgb: Sequence[float]) -> str:
+    """The family name of a material colour (one of ``COLOUR_NAMES``)."""
+    h, s, v = colorsys.rgb_to_hsv(*(float(c) for c in rgb))
+    if s < 0.2:
+        return "black" if v < 0.3 else ("white" if v > 0.8 else "grey")
+    return next(name for bound, name in _HUE_BINS if h < bound)
+
+
+def coupled_ir(rgb: Sequence[float]) -> float:
+    """Infrared brightness at coupling 1: a fixed function of luminance and hue family."""
+    r, g, b = (float(c) for c in rgb)
+    luminance = 0.299 * r + 0.587 * g + 0.114 * b
+    return float(np.clip(0.15 + 0.55 * luminance + _FAMILY_IR_OFFSET[colour_name(rgb)], 0.05, 0.95))
+
+
+def _mix_ir(independent: float, rgb: Sequence[float], coupling: float) -> float:
+    return float((1.0 - coupling) * independent + coupling * coupled_ir(rgb))
+
+
+def _couple_garment(g: Garment, coupling: float) -> Garment:
+    ir = _mix_ir(g.ir, g.rgb, coupling)
+    accent = _mix_ir(g.accent_ir, g.accent_rgb, coupling)
+    if abs(accent - ir) < _MIN_PATTERN_CONTRAST:  # keep the pattern visible in infrared
+        accent = ir + _MIN_PATTERN_CONTRAST * (1.0 if ir < 0.5 else -1.0)
+    return replace(g, ir=ir, accent_ir=float(np.clip(accent, 0.03, 0.98)))
+
+
+def check_ir_coupling(value: float) -> float:
+    """Validate the coupling (a number in [0, 1])."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise SynthError(f"--ir-coupling must be a number in 0..1, got {value!r}")
+    return float(value)
+
+
+def make_identity(seed: int, pid: int, ir_coupling: float = DEFAULT_IR_COUPLING) -> Identity:
+    """All identity-level attributes, drawn from (seed, pid) only; ``ir_coupling`` then pulls the
+    infrared brightness of clothes, hat, shoes and bag towards ``coupled_ir`` of their colour."""
+    ident = _draw_identity(seed, pid)
+    c = check_ir_coupling(ir_coupling)
+    if c == 0.0:
+        return ident
+    return replace(
+        ident,
+        upper=_couple_garment(ident.upper, c),
+        lower=_couple_garment(ident.lower, c),
+        hat_ir=_mix_ir(ident.hat_ir, ident.hat_rgb, c),
+        shoes_ir=_mix_ir(ident.shoes_ir, ident.shoes_rgb, c),
+        bag_ir=_mix_ir(ident.bag_ir, ident.bag_rgb, c),
+    )
+
+
+def _draw_identity(seed: int, pid: int) -> Identity:
     rng = _rng(seed, _TAG_IDENTITY, pid)
     skin_v = rng.uniform(0.35, 0.95)
     skin = colorsys.hsv_to_rgb(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.6), skin_v)
@@ -203,7 +273,7 @@ def _scene_of(layout: str, camid: int) -> int:
         return {3: 2}.get(camid, camid)
     if layout == "regdb":
         return 1
-    return camid
+    return camid  # LLCM and the captions set: one scene per camera
 
 
 def make_camera(seed: int, layout: str, camid: int, modality: int) -> Camera:
@@ -438,23 +508,49 @@ def _background(cam: Camera, h: int, w: int, rng: np.random.Generator) -> np.nda
     return img
 
 
-def render_image(seed: int, layout: str, pid: int, camid: int, modality: int, index: int,
-                 size: tuple[int, int] = DEFAULT_SIZE) -> np.ndarray:  # fmt: skip
-    """One H x W x 3 uint8 crop of identity ``pid`` seen by camera ``camid`` in ``modality``."""
-    h, w = size
-    ident = make_identity(seed, pid)
-    cam = make_camera(seed, layout, camid, modality)
-    rng = _rng(seed, _TAG_IMAGE, _LAYOUT_CODE[layout], pid, camid, modality, index)
+@dataclass(frozen=True)
+class CropPose:
+    """Where and how a person stands in one crop (the first draws of the crop's random stream)."""
 
+    ph: float  # person height in pixels
+    top: float
+    cx: float
+    view: str  # front | back | side
+    phase: float
+    mirror: bool
+
+
+def _crop_pose(rng: np.random.Generator, ident: Identity, cam: Camera, h: int, w: int) -> CropPose:
     ph = h * float(rng.uniform(0.84, 0.95)) * cam.scale
     foot = h * float(rng.uniform(0.95, 0.995))
-    top = foot - ph
     cx = w / 2 + w * float(rng.uniform(-0.06, 0.06))
     p_back = float(np.clip(ident.back_view_prob + cam.view_bias, 0.05, 0.9))
     u = rng.random()
     view = "side" if u < cam.side_prob else ("back" if u < cam.side_prob + (1 - cam.side_prob) * p_back else "front")
     phase = float(rng.uniform(-1, 1))
     mirror = bool(rng.random() < 0.5)
+    return CropPose(ph, foot - ph, cx, view, phase, mirror)
+
+
+def crop_view(seed: int, layout: str, pid: int, camid: int, modality: int, index: int) -> str:
+    """The view (front, back or side) of one crop, without rendering it (same draws as ``render_image``)."""
+    ident = _draw_identity(seed, pid)  # the view does not depend on the infrared coupling
+    cam = make_camera(seed, layout, camid, modality)
+    rng = _rng(seed, _TAG_IMAGE, _LAYOUT_CODE[layout], pid, camid, modality, index)
+    return _crop_pose(rng, ident, cam, *DEFAULT_SIZE).view
+
+
+def render_image(seed: int, layout: str, pid: int, camid: int, modality: int, index: int,
+                 size: tuple[int, int] = DEFAULT_SIZE,
+                 ir_coupling: float = DEFAULT_IR_COUPLING) -> np.ndarray:  # fmt: skip
+    """One H x W x 3 uint8 crop of identity ``pid`` seen by camera ``camid`` in ``modality``."""
+    h, w = size
+    ident = make_identity(seed, pid, ir_coupling)
+    cam = make_camera(seed, layout, camid, modality)
+    rng = _rng(seed, _TAG_IMAGE, _LAYOUT_CODE[layout], pid, camid, modality, index)
+
+    pose = _crop_pose(rng, ident, cam, h, w)
+    ph, top, cx, view, phase, mirror = pose.ph, pose.top, pose.cx, pose.view, pose.phase, pose.mirror
 
     label_img = Image.new("L", (w, h), BG)
     _draw_person(ImageDraw.Draw(label_img), ident, cx, top, ph, view, phase)
@@ -638,15 +734,33 @@ def _plan_llcm(out: Path, seed: int, n: int, n_test: int, k: int) -> tuple[list[
     return tasks, train, test
 
 
-_PLANNERS = {"sysu": _plan_sysu, "regdb": _plan_regdb, "llcm": _plan_llcm}
+CAPTION_VISIBLE_CAMERAS = (1, 2, 3, 4)
+CAPTION_INFRARED_CAMERAS = (5, 6)
 
 
-def _render_chunk(args: tuple[str, int, str, tuple[int, int], list[ImageTask]]) -> int:
-    root, seed, layout, size, tasks = args
+def _plan_captions(out: Path, seed: int, n: int, n_test: int, k: int) -> tuple[list[ImageTask], list[int], list[int]]:
+    """Pretraining set: every identity in every camera (4 visible, 2 infrared scenes of its own), no split."""
+    del n_test  # no ReID split: a pretraining set holds identities out itself
+    ids = list(range(1, n + 1))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for pid in ids:
+        for cam in CAPTION_VISIBLE_CAMERAS + CAPTION_INFRARED_CAMERAS:
+            modality = INFRARED if cam in CAPTION_INFRARED_CAMERAS else VISIBLE
+            for i in range(1, k + 1):
+                tasks.append(ImageTask(f"images/{pid:04d}/c{cam}_{i:02d}.jpg", pid, cam, modality, i))
+    return tasks, ids, []
+
+
+_PLANNERS = {"sysu": _plan_sysu, "regdb": _plan_regdb, "llcm": _plan_llcm, "captions": _plan_captions}
+
+
+def _render_chunk(args: tuple[str, int, str, tuple[int, int], float, list[ImageTask]]) -> int:
+    root, seed, layout, size, ir_coupling, tasks = args
     for t in tasks:
         path = os.path.join(root, t.relpath)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        arr = render_image(seed, layout, t.pid, t.camid, t.modality, t.index, size)
+        arr = render_image(seed, layout, t.pid, t.camid, t.modality, t.index, size, ir_coupling)
         Image.fromarray(arr).save(path, format="JPEG", quality=92)
     return len(tasks)
 
@@ -674,11 +788,14 @@ def generate(
     test_ids: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    ir_coupling: float = DEFAULT_IR_COUPLING,
 ) -> SynthSummary:
-    """Write a synthetic dataset in ``layout`` under ``out`` (which must be missing or empty).
+    """Write a synthetic dataset in ``layout`` under ``out`` (which must be missing or empty), and
+    ``captions.jsonl`` (attributes and a caption per crop) beside it.
 
     ``test_ids`` defaults to a third of the identities (SYSU, LLCM; of the rest SYSU puts a quarter in
-    val_id.txt) or half of them (RegDB, per split). ``workers`` defaults to min(2, CPUs).
+    val_id.txt) or half of them (RegDB, per split); the captions layout has no split and takes none.
+    ``workers`` defaults to min(2, CPUs). ``ir_coupling`` (0..1): see the module docstring.
     """
     if layout not in LAYOUTS:
         raise SynthError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -687,6 +804,9 @@ def generate(
     k = DEFAULT_IMAGES_PER_CAMERA[layout] if images_per_camera is None else images_per_camera
     if not isinstance(k, int) or k < 1:
         raise SynthError(f"--images-per-camera must be a positive integer, got {k!r}")
+    ir_coupling = check_ir_coupling(ir_coupling)
+    if layout == "captions" and test_ids is not None:
+        raise SynthError("--test-ids: the captions layout has no ReID split (pretrain-clip holds identities out)")
     n_test = (num_ids // 2 if layout == "regdb" else max(1, round(num_ids / 3))) if test_ids is None else test_ids
     if not isinstance(n_test, int) or not 1 <= n_test < num_ids:
         raise SynthError(f"--test-ids must be 1..{num_ids - 1} (some identities must remain for training)")
@@ -701,7 +821,7 @@ def generate(
     tasks, train, test = _PLANNERS[layout](out, seed, num_ids, n_test, k)
     n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
     chunk = min(32, max(1, len(tasks) // (4 * n_workers)))
-    jobs = [(str(out), seed, layout, (h, w), tasks[i : i + chunk]) for i in range(0, len(tasks), chunk)]
+    jobs = [(str(out), seed, layout, (h, w), ir_coupling, tasks[i : i + chunk]) for i in range(0, len(tasks), chunk)]
     from tqdm import tqdm
 
     with tqdm(total=len(tasks), desc=f"synth {layout}", unit="img", disable=not progress) as bar:
@@ -713,6 +833,9 @@ def generate(
             with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
                 for done in pool.map(_render_chunk, jobs):
                     bar.update(done)
+    from .synth_captions import write_captions  # it builds on this module's identities and cameras
+
+    write_captions(out / CAPTIONS_FILE, seed, layout, tasks, ir_coupling)
     seconds = time.perf_counter() - start
     summary = SynthSummary(layout, out, len(tasks), train, test, seconds)
     log.info(
