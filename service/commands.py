@@ -75,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     q.set_defaults(func=cmd_ingest)
 
+    from clipmc.service import demo  # light at import: its heavy imports are inside the command
+
+    demo.register(sub)
+
 
 # -- serve ------------------------------------------------------------------------------------------
 
