@@ -87,7 +87,7 @@ def rerank_hits(query: np.ndarray, hits: list[SearchHit], config: RerankConfig) 
     if not hits:
         return []
     if any(h.item.vector is None for h in hits):
-        raise ValueError("re-ranking needs the hits' stored vectors (search with_vectors=True)")
+        raise RuntimeError("re-ranking needs the hits' stored vectors (search with_vectors=True)")
     gallery = np.stack([np.asarray(h.item.vector, np.float32) for h in hits])
     distances = config.distances(np.asarray(query, np.float32)[None, :], gallery)[0]
     order = np.argsort(distances, kind="stable")

@@ -25,6 +25,8 @@ def test_demo_makes_data_trains_ingests_and_names_crops_to_try(tmp_path, capsys)
     assert main([*argv, "--port", "0", "--no-serve"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "web page: http://127.0.0.1:" in out
+    # calibrated on the run's held-out identities: the page will show probabilities and match marks
+    assert "calibration: loaded" in out and (tmp_path / "demo" / "run" / "best" / "calibration.json").is_file()
     tried = re.findall(r"identity (\d+): (.+)", out)
     assert tried, out
     dataset = SYSUDataset(tmp_path / "demo" / "synth")
