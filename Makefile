@@ -1,12 +1,13 @@
-# Two commands that work on a fresh machine; both create and reuse .venv.
+# Commands that work on a fresh machine; all create and reuse .venv.
 #   make test    ruff + pytest (installs the dev extra; Chromium from Debian for the web-page test)
 #   make serve   the service on 127.0.0.1:8000 with its embedded defaults (make serve ARGS='--weights DIR')
+#   make demo    offline: synthetic data, the tiny model trained here, a gallery, the web page on :8000
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint install system-deps clean
+.PHONY: test serve demo lint install system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ test: lint system-deps
 
 serve: $(STAMP)
 	$(BIN)/clipmc serve $(ARGS)
+
+# Steps already done under data/demo are skipped; `rm -rf data/demo` starts over.
+demo: $(STAMP)
+	$(BIN)/clipmc demo --dir data/demo --config configs/tiny-synth.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

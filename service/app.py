@@ -8,9 +8,10 @@ APIRouters (:mod:`clipmc.service.routers`: search, gallery, operations) that rec
 dependencies. No module-level state, so tests run several apps side by side.
 
 Start-up: the gallery is opened and checked against the model's ``embedding_version`` (a mismatch
-refuses to start), the dynamic batcher starts, and the model is warmed up at its micro-batch sizes
-in the background; ``/readyz`` says 503 until that is done, and /query and /gallery/ingest answer
-503 ``not_ready`` meanwhile.
+refuses to start), the calibration is loaded and checked against it too (``calibration`` setting, else
+the checkpoint directory's ``calibration.json``, else none), the dynamic batcher starts, and the model
+is warmed up at its micro-batch sizes in the background; ``/readyz`` says 503 until that is done, and
+/query and /gallery/ingest answer 503 ``not_ready`` meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -31,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clipmc.export import Embedder, create_embedder
 from clipmc.gallery import BaseGallery, open_gallery
+from clipmc.model.calibration import Calibration, CalibrationError, find_calibration, load_calibration
 from clipmc.service import schemas
 from clipmc.service.auth import FailedAuthLimiter, KeyRing, LoopbackOnlyMiddleware
 from clipmc.service.batching import DynamicBatcher
@@ -79,10 +81,51 @@ def check_compatible(embedder: Embedder, gallery: BaseGallery) -> None:
         raise ValueError(f"the gallery holds {gallery.dim}-d vectors, the model produces {embedder.embedding_dim}-d")
 
 
-def create_app(settings: Settings, embedder: Embedder | None = None, gallery: BaseGallery | None = None) -> FastAPI:
-    """The service for these settings; ``embedder`` / ``gallery`` are built at start-up if not given."""
+def load_service_calibration(settings: Settings, embedder: Embedder) -> Calibration | None:
+    """The calibration to serve with: the ``calibration`` setting, else the checkpoint directory's, else None.
+
+    Raises:
+        CalibrationError: the file is unreadable or malformed, or was fitted for another
+            ``embedding_version`` (its probabilities would describe another model's similarities).
+    """
+    if settings.calibration is not None:
+        calibration = load_calibration(settings.calibration)
+        where = str(settings.calibration)
+    else:
+        calibration = find_calibration(settings.weights)
+        where = f"{settings.weights}/calibration.json"
+    if calibration is not None and calibration.embedding_version != embedder.embedding_version:
+        raise CalibrationError(
+            f"the calibration {where} was fitted for embedding_version {calibration.embedding_version!r} but the "
+            f"model produces {embedder.embedding_version!r}: run clipmc calibrate for this model, or serve without it"
+        )
+    return calibration
+
+
+def create_app(
+    settings: Settings,
+    embedder: Embedder | None = None,
+    gallery: BaseGallery | None = None,
+    *,
+    calibration: Calibration | Literal["settings"] | None = "settings",
+) -> FastAPI:
+    """The service for these settings; ``embedder`` / ``gallery`` are built at start-up if not given.
+
+    Args:
+        calibration: a loaded calibration (or None for none); by default it is found from the settings at
+            start-up by :func:`load_service_calibration`.
+    """
     if embedder is not None and gallery is not None:
         check_compatible(embedder, gallery)
+    if (
+        isinstance(calibration, Calibration)
+        and embedder is not None
+        and calibration.embedding_version != embedder.embedding_version
+    ):
+        raise CalibrationError(
+            f"the calibration was fitted for embedding_version {calibration.embedding_version!r}, "
+            f"the model produces {embedder.embedding_version!r}"
+        )
     state = ServiceState(
         settings=settings,
         keyring=KeyRing(settings.api_keys),
@@ -95,6 +138,8 @@ def create_app(settings: Settings, embedder: Embedder | None = None, gallery: Ba
         ),
         embedder=embedder,
         gallery=gallery,
+        calibration=None if calibration == "settings" else calibration,
+        calibration_resolved=calibration != "settings",
         thumbnails=ThumbnailStore(settings.thumbnails_path),
     )
 
@@ -154,6 +199,16 @@ async def _start(state: ServiceState) -> None:
         state.owns_gallery = True
     check_compatible(state.embedder, state.gallery)
     embedder = state.embedder
+    if not state.calibration_resolved:
+        state.calibration = await run_in_threadpool(load_service_calibration, settings, embedder)
+        state.calibration_resolved = True
+    if state.calibration is not None:
+        log.info(
+            "calibration loaded: threshold %.4f at a false-match rate of %g (true-match rate %.3f on validation)",
+            state.calibration.threshold,
+            state.calibration.target_fmr,
+            state.calibration.tmr_at_threshold,
+        )
     if settings.max_batch > max(embedder.batch_sizes):
         log.warning(
             "max_batch %d is larger than the embedder's largest micro-batch %d: each call is split",

@@ -135,27 +135,44 @@ def _refuse_repeated_external_ids(items: list[Any]) -> None:
         first[item.external_id] = position
 
 
-async def parse_query(request: Request, settings: Settings) -> tuple[schemas.QueryParams, bytes]:
+async def parse_query(request: Request, settings: Settings) -> tuple[schemas.QueryParams, list[bytes], list[str]]:
+    """The query's fields, its crop(s) as bytes (several for a tracklet) and a label naming each in errors."""
     media = _media_type(request)
+    limit = schemas.MAX_TRACKLET_CROPS
     if media == "multipart/form-data":
-        async with _multipart(request, max_files=2, max_fields=32, max_part_size=settings.max_request_bytes) as form:
+        async with _multipart(
+            request, max_files=limit + 1, max_fields=32, max_part_size=settings.max_request_bytes
+        ) as form:
             fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
             uploads = form.getlist("image")
             if not uploads:
                 raise InputError("missing the 'image' file", "missing_image")
-            if len(uploads) > 1:
-                raise InputError("send exactly one 'image' file", "too_many_files", 413)
-            data = await _read_upload(uploads[0], "image")
+            if len(uploads) > limit:
+                raise PayloadTooLarge(
+                    f"{len(uploads)} 'image' files, at most {limit} crops per tracklet query", "too_many_files"
+                )
+            labels = ["image"] if len(uploads) == 1 else [f"image[{i}]" for i in range(len(uploads))]
+            datas = [await _read_upload(u, label) for u, label in zip(uploads, labels, strict=True)]
             fields.pop("image", None)
             unknown = [k for k, v in form.multi_items() if isinstance(v, UploadFile) and k != "image"]
             if unknown:
                 raise InputError(f"unexpected file field(s): {', '.join(unknown)}", "invalid_request")
-        return _validate(schemas.QueryParams, fields), data
+        return _validate(schemas.QueryParams, fields), datas, labels
     if media == "application/json":
         body = await _json_body(request)
+        many = body.get("images_base64") if isinstance(body, dict) else None
+        if isinstance(many, list) and len(many) > limit:
+            raise PayloadTooLarge(
+                f"{len(many)} images_base64, at most {limit} crops per tracklet query", "too_many_files"
+            )
         params = _validate(schemas.QueryJSON, body)
-        data = await run_in_threadpool(decode_base64, params.image_base64, "image_base64")
-        return params, data
+        texts = params.crops_base64()
+        if params.image_base64 is not None:
+            labels = ["image_base64"]
+        else:
+            labels = [f"images_base64[{i}]" for i in range(len(texts))]
+        datas = await run_in_threadpool(_decode_base64_many, texts, labels)
+        return params, datas, labels
     raise _unsupported(media)
 
 

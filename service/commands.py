@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto (default): fp16 on TensorRT, fp32 elsewhere; int8/bf16: CPU opt-ins (run clipmc verify first)",
     )
     p.add_argument("--engine-dir", type=Path, help="cache of exported ONNX graphs and TensorRT engines")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="calibration.json from clipmc calibrate (default: the checkpoint directory's, if it has one)",
+    )
     p.add_argument("--gallery", type=Path, help="gallery directory (FAISS back-end)")
     p.add_argument("--gallery-backend", choices=("faiss", "milvus"))
     p.add_argument("--milvus-uri", help="Milvus server or milvus-lite file (gallery back-end milvus)")
@@ -70,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     q.set_defaults(func=cmd_ingest)
 
+    from clipmc.service import demo  # light at import: its heavy imports are inside the command
+
+    demo.register(sub)
+
 
 # -- serve ------------------------------------------------------------------------------------------
 
@@ -84,6 +94,7 @@ def serve_settings(args: argparse.Namespace) -> Any:
         device=args.device,
         precision=args.precision,
         engine_dir=args.engine_dir,
+        calibration=args.calibration,
         gallery=args.gallery,
         gallery_backend=args.gallery_backend,
         milvus_uri=args.milvus_uri,
@@ -133,15 +144,21 @@ def _serve(settings: Any) -> int:
 
     from clipmc.export import EmbedderError
     from clipmc.gallery import GalleryError, GalleryStateError
+    from clipmc.model.calibration import CalibrationError
     from clipmc.model.checkpoint import CheckpointError
     from clipmc.model.factory import PretrainedWeightsError
-    from clipmc.service.app import build_embedder, create_app, open_service_gallery
+    from clipmc.service.app import build_embedder, create_app, load_service_calibration, open_service_gallery
 
     host = bind_host(settings)
     log.info("loading the model: %s back-end, weights %s on %s", settings.backend, settings.weights, settings.device)
     try:
         embedder = build_embedder(settings)
     except (PretrainedWeightsError, EmbedderError, CheckpointError, FileNotFoundError) as exc:
+        raise CommandError(_one_line(exc)) from None
+    try:
+        calibration = load_service_calibration(settings, embedder)
+    except CalibrationError as exc:
+        embedder.close()
         raise CommandError(_one_line(exc)) from None
     try:
         gallery = open_service_gallery(settings, embedder)
@@ -153,7 +170,8 @@ def _serve(settings: Any) -> int:
     except GalleryStateError as exc:  # locked by another process, back-end not installed, ...
         raise CommandError(_one_line(exc)) from None
     try:
-        app = create_app(settings, embedder=embedder, gallery=gallery)  # refuses an incompatible pair
+        # refuses an incompatible pair
+        app = create_app(settings, embedder=embedder, gallery=gallery, calibration=calibration)
         config = uvicorn.Config(
             app,
             host=host,

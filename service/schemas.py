@@ -34,6 +34,8 @@ def _canonical_modality(value: Any) -> Any:
 
 #: A modality as requests spell it (every alias of clipmc.contract) and responses say it (canonical).
 Modality = Annotated[Literal["visible", "infrared"], BeforeValidator(_canonical_modality)]
+#: Most crops one tracklet query may send (their embedding is one batch); more is a 413.
+MAX_TRACKLET_CROPS = 32
 #: canonical name -> code
 MODALITY_CODES: dict[str, int] = {name: code for code, name in MODALITY_NAMES.items()}
 
@@ -96,6 +98,14 @@ class QueryParams(BaseModel):
     exclude_cameras: list[str] | None = Field(None, description="not these cameras (comma list in multipart)")
     since: float | None = Field(None, description="epoch seconds or ISO 8601 (inclusive)")
     until: float | None = Field(None, description="epoch seconds or ISO 8601 (inclusive)")
+    group_by: Literal["none", "track"] = Field(
+        "none", description="'track': one result per gallery track (camera + track_id), its best crop"
+    )
+    rerank: Literal["none", "k-reciprocal", "aqe"] = Field(
+        "none",
+        description="re-rank the best max(top_k, 100) candidates with their stored vectors: k-reciprocal "
+        "(k1 20, k2 6, lambda 0.3) or average query expansion (k 5); the response labels it",
+    )
 
     @field_validator("cameras", "exclude_cameras", mode="before")
     @classmethod
@@ -123,9 +133,25 @@ class QueryParams(BaseModel):
 
 
 class QueryJSON(QueryParams):
-    """``POST /query`` as JSON: the same fields plus the crop in base64."""
+    """``POST /query`` as JSON: the same fields plus the crop, or a tracklet's crops, in base64."""
 
-    image_base64: str = Field(..., description="the crop (JPEG, PNG, ...) in base64, or a data: URL")
+    image_base64: str | None = Field(None, description="the crop (JPEG, PNG, ...) in base64, or a data: URL")
+    images_base64: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=f"several crops of one person (a tracklet, at most {MAX_TRACKLET_CROPS}), searched with "
+        "their fused feature; instead of image_base64",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> QueryJSON:
+        if (self.image_base64 is None) == (self.images_base64 is None):
+            raise ValueError("send either image_base64 (one crop) or images_base64 (a tracklet's crops)")
+        return self
+
+    def crops_base64(self) -> list[str]:
+        """The crop(s) to embed, in order."""
+        return [self.image_base64] if self.image_base64 is not None else list(self.images_base64 or [])
 
 
 class IngestItem(BaseModel):
@@ -202,15 +228,49 @@ class ItemResponse(BaseModel):
 
 
 class QueryResult(ItemResponse):
-    """A gallery item with its score (inner product with the query, higher is closer)."""
+    """A gallery item with its score (inner product with the query, higher is closer).
+
+    The optional fields appear only when they apply (the single-crop answer is unchanged without them).
+    """
 
     score: float
+    match_probability: float | None = Field(
+        None, description="calibrated same-person probability; only with a calibration loaded"
+    )
+    is_match: bool | None = Field(None, description="score >= the calibration's threshold; only with a calibration")
+    rerank_distance: float | None = Field(None, description="re-ranked distance (smaller is closer); only with rerank")
+    track_crops: int | None = Field(
+        None, description="with group_by=track: how many of this track's crops were among the candidates"
+    )
+
+
+class CalibrationSummary(BaseModel):
+    """The decision rule of the loaded calibration (fitted on validation identities by clipmc calibrate)."""
+
+    threshold: float
+    target_fmr: float = Field(description="false-match rate the threshold was chosen for (validation pairs)")
+    fmr_at_threshold: float | None = Field(description="false-match rate measured at the threshold (validation)")
+    tmr_at_threshold: float = Field(description="true-match rate measured at the threshold (validation)")
+    embedding_version: str
+
+
+class RerankSummary(BaseModel):
+    kind: Literal["k-reciprocal", "aqe"]
+    label: str = Field(description="what the results are: re-ranked, and how")
+    candidates: int = Field(description="how many retrieved candidates were re-ranked")
+    parameters: dict[str, Any]
 
 
 class QueryResponse(BaseModel):
+    """The answer of ``POST /query``; the optional fields appear only when the request or service uses them."""
+
     query_modality: Modality
     results: list[QueryResult] = Field(description="best first")
     took_ms: float
+    query_crops: int | None = Field(None, description="crops fused into the query (a tracklet query)")
+    group_by: Literal["track"] | None = None
+    rerank: RerankSummary | None = Field(None, description="present when the results are re-ranked")
+    calibration: CalibrationSummary | None = Field(None, description="present when a calibration is loaded")
 
 
 class DeleteResponse(BaseModel):
@@ -273,7 +333,12 @@ QUERY_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["image"],
     "properties": {
-        "image": {"type": "string", "format": "binary", "description": "the query crop"},
+        "image": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "maxItems": MAX_TRACKLET_CROPS,
+            "description": "the query crop, or several crops of one person (a tracklet: repeat the part)",
+        },
         "modality": {"type": "string", "enum": ["infrared", "visible"], "default": "infrared"},
         "target_modality": {
             "type": "string",
@@ -285,6 +350,8 @@ QUERY_FORM_SCHEMA: dict[str, Any] = {
         "exclude_cameras": {"type": "string", "description": "comma-separated camera ids"},
         "since": {"type": "string", "description": "epoch seconds or ISO 8601"},
         "until": {"type": "string", "description": "epoch seconds or ISO 8601"},
+        "group_by": {"type": "string", "enum": ["none", "track"], "default": "none"},
+        "rerank": {"type": "string", "enum": ["none", "k-reciprocal", "aqe"], "default": "none"},
     },
 }
 

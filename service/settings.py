@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     )
     engine_dir: Path | None = None
     batch_sizes: Annotated[tuple[int, ...], NoDecode] = (1, 8, 32)
+    calibration: Path | None = Field(
+        None,
+        description="calibration.json from clipmc calibrate (default: the one in a checkpoint directory, if any)",
+    )
 
     # gallery
     gallery: Path = Path("data/gallery")

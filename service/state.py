@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from clipmc.export import Embedder
 from clipmc.gallery import BaseGallery
+from clipmc.model.calibration import Calibration
 from clipmc.service.auth import KeyRing
 from clipmc.service.batching import DynamicBatcher
 from clipmc.service.errors import APIError
@@ -36,6 +37,8 @@ class ServiceState:
     limits: ImageLimits
     embedder: Embedder | None = None
     gallery: BaseGallery | None = None
+    calibration: Calibration | None = None  # similarity -> same-person probability, when one is loaded
+    calibration_resolved: bool = False  # passed to create_app (even as None), so not looked up at start-up
     owns_embedder: bool = False  # built at start-up, so closed at shutdown (what was passed in, the caller closes)
     owns_gallery: bool = False
     batcher: DynamicBatcher | None = None

@@ -167,3 +167,31 @@ def settings_for(tmp: Path, **overrides: Any) -> Any:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+# A hand-written calibration: a piecewise-linear similarity -> probability map whose steep part lies in
+# the range of the untrained tiny model's similarities (about 0.85 to 0.95).
+CAL_SCORES = [-1.0, 0.85, 0.92, 1.0]
+CAL_PROBS = [0.0, 0.05, 0.6, 1.0]
+
+
+def write_calibration(path: Path, embedding_version: str, threshold: float) -> Path:
+    """A calibration.json in the format of clipmc.model.calibration, written by hand (a test input, not fitted)."""
+    import json
+
+    path.write_text(
+        json.dumps(
+            {
+                "format": "clipmc-calibration/1",
+                "embedding_version": embedding_version,
+                "scores": CAL_SCORES,
+                "probabilities": CAL_PROBS,
+                "threshold": threshold,
+                "target_fmr": 0.01,
+                "fmr_at_threshold": 0.009,
+                "tmr_at_threshold": 0.8,
+                "fitted_on": {"note": "written by hand in a test"},
+            }
+        )
+    )
+    return path

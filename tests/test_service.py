@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from clipmc.service.schemas import MAX_TRACKLET_CROPS
 from tests.service_fixtures import (
     API_KEYS,
     INFRARED_CAMERA,
@@ -310,17 +311,23 @@ def test_bad_query_input(server, admin, name, files, fields, status, code):
 
 def test_bad_request_shapes(server, admin):
     image = crop_bytes(1, INFRARED_CAMERA)
+    b64 = base64.b64encode(image).decode()
     cases = [
         (admin.post("/query", content=b"image", headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
         (admin.post("/query", content=b"{nope", headers={"content-type": "application/json"}), 422, "invalid_json"),
         (admin.post("/query", json={"image_base64": "@@not base64@@"}), 422, "invalid_image"),
         (admin.post("/query", json={"modality": "infrared"}), 422, "validation_error"),
         (admin.post("/query", json=["a list"]), 422, "validation_error"),
-        (
-            admin.post("/query", files=[("image", ("a", image)), ("image", ("b", image))]),
+        (  # several image parts are a tracklet, up to MAX_TRACKLET_CROPS of them
+            admin.post("/query", files=[("image", (f"{i}", image)) for i in range(MAX_TRACKLET_CROPS + 1)]),
             413,
             "too_many_files",
         ),
+        (admin.post("/query", json={"images_base64": [b64] * (MAX_TRACKLET_CROPS + 1)}), 413, "too_many_files"),
+        (admin.post("/query", json={"image_base64": b64, "images_base64": [b64]}), 422, "validation_error"),
+        (admin.post("/query", json={"images_base64": []}), 422, "validation_error"),
+        (admin.post("/query", json={"image_base64": b64, "rerank": "magic"}), 422, "validation_error"),
+        (admin.post("/query", json={"image_base64": b64, "group_by": "camera"}), 422, "validation_error"),
         (admin.get("/gallery/items/not-a-number"), 422, "validation_error"),
         (admin.get("/gallery/items/987654321"), 404, "not_found"),
         # ids past int64 would overflow SQLite: refused by the route, not a 500

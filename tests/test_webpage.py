@@ -10,7 +10,15 @@ import shutil
 
 import pytest
 
-from tests.service_fixtures import INFRARED_CAMERA, KEYS, crop_bytes, ingest_multipart, live_server, settings_for
+from tests.service_fixtures import (
+    INFRARED_CAMERA,
+    KEYS,
+    crop_bytes,
+    ingest_multipart,
+    live_server,
+    settings_for,
+    write_calibration,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
@@ -124,4 +132,76 @@ def test_upload_a_crop_and_see_ranked_cards(tmp_path, embedder, browser):
         expect(cards).to_have_count(0)
         assert not outside, f"the page loaded something from elsewhere: {outside}"
         assert not [e for e in console_errors if "401" not in e and "422" not in e], console_errors
+        page.close()
+
+
+def test_tracklet_query_with_match_marks_filters_and_grouping(tmp_path, embedder, browser):
+    from clipmc.service.app import create_app
+
+    threshold = 0.91  # inside the untrained tiny model's similarities on these crops
+    calibration = write_calibration(tmp_path / "cal.json", embedder.embedding_version, threshold)
+    settings = settings_for(tmp_path, api_keys=f"{KEYS['admin']}:admin", calibration=calibration)
+    with live_server(create_app(settings, embedder=embedder)) as srv:
+        with srv.client(KEYS["admin"]) as c:
+            crops = [
+                (
+                    crop_bytes(pid, cam, index),
+                    {
+                        "external_id": f"{cam}/{pid}/{index}",
+                        "modality": "visible",
+                        "camera": cam,
+                        "track_id": f"t{pid}",
+                        "timestamp": 1_700_000_000 + 3600 * pid,
+                    },
+                )
+                for pid in (1, 2, 3, 4)
+                for cam in (1, 2)
+                for index in (0, 1)
+            ]
+            assert ingest_multipart(c, crops).status_code == 200
+        tracklet = []
+        for index in range(3):
+            path = tmp_path / f"ir{index}.png"
+            path.write_bytes(crop_bytes(2, INFRARED_CAMERA, index))
+            tracklet.append(str(path))
+
+        page = browser.new_page()
+        console_errors: list[str] = []
+        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+        page.goto(srv.url + "/")
+        expect(page.locator("#status")).to_have_text("ready")
+        page.fill("#apikey", KEYS["admin"])
+        page.set_input_files("#file", tracklet)
+        expect(page.locator("#previews img")).to_have_count(3)
+        page.fill("#topk", "16")
+        page.click("#search")
+        cards = page.locator("#results .card")
+        expect(cards).to_have_count(16)
+        expect(page.locator("#summary")).to_contain_text("a tracklet of 3 crops")
+        expect(page.locator("#calibration")).to_contain_text(f"Match threshold {threshold:.4f}")
+        # every card shows its probability; those at or above the threshold are marked as matches
+        scores = [float(s) for s in cards.locator(".score").all_inner_texts()]
+        marked = [("match" in (cls or "").split()) for cls in cards.evaluate_all("cs => cs.map(c => c.className)")]
+        assert marked == [s >= threshold for s in scores] and any(marked) and not all(marked)
+        expect(page.locator("#results .card.match .mark").first).to_have_text("✔ match")
+        assert cards.locator(".probability").count() == 16
+
+        # one result per track, within a time window and a camera
+        page.select_option("#group-by", "track")
+        page.fill("#cameras", "2")
+        page.fill("#since", "2023-11-14T23:13:20")  # 1_700_000_000 + 3600 s, UTC: persons 1..4
+        page.fill("#until", "2023-11-15T01:13:20")  # + 3 h: persons 1..3
+        page.click("#search")
+        expect(page.locator("#summary")).to_contain_text("one per track")
+        expect(cards).to_have_count(3)
+        tracks = cards.locator(".meta", has_text="track:").all_inner_texts()
+        assert sorted(tracks) == ["track: t1 (2 crops)", "track: t2 (2 crops)", "track: t3 (2 crops)"]
+        assert set(cards.locator(".camera").all_inner_texts()) == {"camera: 2"}
+
+        # re-ranking is labelled on the page
+        page.select_option("#group-by", "none")
+        page.select_option("#rerank", "k-reciprocal")
+        page.click("#search")
+        expect(page.locator("#summary")).to_contain_text("re-ranked (k-reciprocal")
+        assert not console_errors, console_errors
         page.close()

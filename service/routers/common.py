@@ -8,6 +8,7 @@ from fastapi import Depends
 from fastapi import Path as PathParam
 
 from clipmc.gallery import Item, SearchHit
+from clipmc.model.calibration import Calibration
 from clipmc.service import schemas
 from clipmc.service.auth import require
 
@@ -49,6 +50,17 @@ def item_dict(item: Item, item_id: int) -> dict[str, Any]:
 def result_dict(hit: SearchHit) -> dict[str, Any]:
     """A search hit as the API shows it (``QueryResult``)."""
     return {**item_dict(hit.item, hit.id), "score": float(hit.score)}
+
+
+def calibration_summary(calibration: Calibration) -> dict[str, Any]:
+    """The decision rule of a calibration as responses and /readyz show it (``CalibrationSummary``)."""
+    return {
+        "threshold": float(calibration.threshold),
+        "target_fmr": float(calibration.target_fmr),
+        "fmr_at_threshold": getattr(calibration, "fmr_at_threshold", None),
+        "tmr_at_threshold": float(calibration.tmr_at_threshold),
+        "embedding_version": calibration.embedding_version,
+    }
 
 
 def body_doc(json_model: str, form_schema: dict[str, Any]) -> dict[str, Any]:

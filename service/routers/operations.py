@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, Response
 from clipmc.service import schemas
 from clipmc.service.auth import require
 from clipmc.service.errors import APIError
+from clipmc.service.routers.common import calibration_summary
 from clipmc.service.state import ServiceState, get_state
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -41,7 +42,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: ServiceState = Depends(get_state)) -> Any:
     if not state.ready or state.embedder is None:
         raise APIError(503, "not_ready", state.status, {"Retry-After": "2"})
-    return {"status": "ready", "embedder": state.embedder.describe()}
+    calibration = calibration_summary(state.calibration) if state.calibration is not None else None
+    # "calibration": null says the service answers without match_probability / is_match
+    return {"status": "ready", "embedder": state.embedder.describe(), "calibration": calibration}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -1,4 +1,5 @@
-// The service's web page: upload a crop, search the gallery, show ranked thumbnails.
+// The service's web page: upload a crop or a tracklet's crops, search the gallery, show ranked thumbnails
+// with the calibrated match probability and marks when the service has a calibration.
 // Plain JavaScript, no build step and nothing loaded from elsewhere (the service may run offline).
 "use strict";
 
@@ -57,6 +58,26 @@ async function loadThumbnail(img, id) {
   img.src = url;
 }
 
+function percent(value) {
+  return (100 * value).toFixed(value < 0.01 ? 2 : 1) + "%";
+}
+
+function renderCalibration(body) {
+  const el = $("calibration");
+  const cal = body.calibration;
+  el.hidden = false;
+  if (!cal) {
+    el.className = "calibration none";
+    el.textContent = "No calibration loaded: scores are similarities, not probabilities (run clipmc calibrate).";
+    return;
+  }
+  el.className = "calibration";
+  el.textContent =
+    "Match threshold " + cal.threshold.toFixed(4) +
+    " (false-match rate " + percent(cal.target_fmr) + ", true-match rate " + percent(cal.tmr_at_threshold) +
+    " on validation identities)";
+}
+
 function renderResults(body) {
   while (blobUrls.length) URL.revokeObjectURL(blobUrls.pop());
   const list = $("results");
@@ -73,38 +94,69 @@ function renderResults(body) {
     const score = document.createElement("div");
     score.className = "score";
     score.textContent = hit.score.toFixed(4);
+    card.append(rank, img, score);
+    if (hit.match_probability !== undefined) {
+      const probability = document.createElement("div");
+      probability.className = "probability";
+      probability.textContent = "match probability " + percent(hit.match_probability);
+      card.append(probability);
+    }
+    if (hit.is_match !== undefined) {
+      card.classList.add(hit.is_match ? "match" : "no-match");
+      const mark = document.createElement("div");
+      mark.className = "mark";
+      mark.textContent = hit.is_match ? "✔ match" : "below threshold";
+      card.append(mark);
+    }
+    if (hit.rerank_distance !== undefined) card.append(field("re-ranked distance", hit.rerank_distance.toFixed(4)));
     const camera = field("camera", hit.camera);
     camera.classList.add("camera");
     const when = formatTime(hit.timestamp);
-    card.append(rank, img, score, camera, field("modality", hit.modality), field("id", hit.external_id || hit.id), field("time", when));
+    card.append(camera, field("modality", hit.modality), field("id", hit.external_id || hit.id), field("time", when));
+    if (hit.track_id) {
+      const crops = hit.track_crops === undefined ? "" : " (" + hit.track_crops + " crops)";
+      card.append(field("track", hit.track_id + crops));
+    }
     if (hit.identity) card.append(field("identity", hit.identity));
     list.append(card);
     loadThumbnail(img, hit.id);
   });
+  const what = body.query_crops ? " (a tracklet of " + body.query_crops + " crops)" : "";
+  const grouped = body.group_by === "track" ? ", one per track" : "";
+  const reranked = body.rerank ? ", " + body.rerank.label + " over " + body.rerank.candidates + " candidates" : "";
   $("summary").textContent =
-    body.results.length + " result(s) for the " + body.query_modality + " query in " + body.took_ms.toFixed(1) + " ms";
+    body.results.length + " result(s)" + grouped + " for the " + body.query_modality + " query" + what + reranked +
+    " in " + body.took_ms.toFixed(1) + " ms";
+  renderCalibration(body);
 }
 
 async function search(event) {
   event.preventDefault();
   showError("");
-  const file = $("file").files[0];
-  if (!file) {
+  const files = Array.from($("file").files);
+  if (!files.length) {
     showError("choose a crop first");
     return;
   }
   const form = new FormData();
-  form.append("image", file);
+  files.forEach((file) => form.append("image", file));
   form.append("modality", $("modality").value);
   form.append("target_modality", $("target").value);
   form.append("top_k", $("topk").value);
+  form.append("group_by", $("group-by").value);
+  form.append("rerank", $("rerank").value);
   if ($("cameras").value.trim()) form.append("cameras", $("cameras").value.trim());
+  if ($("exclude-cameras").value.trim()) form.append("exclude_cameras", $("exclude-cameras").value.trim());
+  // datetime-local gives a time without a zone; the service reads such a time as UTC, as the labels say
+  if ($("since").value) form.append("since", $("since").value);
+  if ($("until").value) form.append("until", $("until").value);
   $("search").disabled = true;
   try {
     const response = await fetch("/query", { method: "POST", body: form, headers: authHeaders() });
     if (!response.ok) {
       $("results").replaceChildren();
       $("summary").textContent = "";
+      $("calibration").hidden = true;
       showError(await errorMessage(response));
       return;
     }
@@ -116,16 +168,21 @@ async function search(event) {
   }
 }
 
+const previewUrls = [];
+
 function preview() {
-  const file = $("file").files[0];
-  const img = $("preview");
-  if (!file) {
-    img.hidden = true;
-    return;
-  }
-  if (img.src) URL.revokeObjectURL(img.src);
-  img.src = URL.createObjectURL(file);
-  img.hidden = false;
+  const box = $("previews");
+  while (previewUrls.length) URL.revokeObjectURL(previewUrls.pop());
+  box.replaceChildren();
+  Array.from($("file").files).forEach((file) => {
+    const img = document.createElement("img");
+    img.className = "preview";
+    img.alt = file.name;
+    const url = URL.createObjectURL(file);
+    previewUrls.push(url);
+    img.src = url;
+    box.append(img);
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
