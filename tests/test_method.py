@@ -161,7 +161,12 @@ def test_after_a_short_run_alpha_matters_and_its_curve_is_logged(tmp_path, sysu_
     alphas = [float(r["alpha"]) for r in rows]
     shares = [float(r["comp_share"]) for r in rows]
     assert all(a > 0 for a in alphas) and all(0 < s < 1 for s in shares)
-    assert any((out / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [round(e.value, 5) for e in events.Scalars("mc/alpha")] == [round(a, 5) for a in alphas]
+    assert len(events.Scalars("mc/comp_share")) == 2
 
     model = load_checkpoint(out / "last").eval()
     assert model.mc.alpha.item() == pytest.approx(alphas[-1], abs=1e-6)
