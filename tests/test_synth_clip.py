@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,40 @@ def test_pretrain_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["pretrain-clip", "--data", str(tmp_path), "--out", str(tmp_path / "w.safetensors"),
                  "--holdout", "1.5"]) == 2  # fmt: skip
     assert "--holdout" in capsys.readouterr().err
+
+
+def test_pretrain_resume_continues_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after its first epoch and resumed ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from clipmc.model import pretrain_clip
+    from clipmc.model.pretrain_clip import PretrainConfig, pretrain
+
+    generate("captions", tmp_path / "data", 12, seed=2, size=(64, 32), progress=False)
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(TINY_ARCH))
+
+    def cfg() -> PretrainConfig:
+        return PretrainConfig(arch=str(arch), epochs=2, batch_size=16, warmup_steps=2, holdout=0.25, threads=1)
+
+    whole = pretrain(tmp_path / "data", tmp_path / "whole.safetensors", cfg(), progress=False)
+    saves = []
+    real_save = pretrain_clip._save_state
+
+    def stop_after_first_epoch(*args, **kwargs) -> None:
+        real_save(*args, **kwargs)
+        saves.append(args[3])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_clip, "_save_state", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "data", tmp_path / "cut.safetensors", cfg(), progress=False)
+    assert saves == [whole["steps"] // 2] and not (tmp_path / "cut.safetensors").exists()
+    monkeypatch.setattr(pretrain_clip, "_save_state", real_save)
+    resumed = pretrain(tmp_path / "data", tmp_path / "cut.safetensors", cfg(), resume=True, progress=False)
+    assert resumed["steps"] == whole["steps"]
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "cut.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Other options than the run's are refused.
+    with pytest.raises(pretrain_clip.PretrainError, match="options differ"):
+        pretrain(tmp_path / "data", tmp_path / "cut.safetensors", replace(cfg(), lr=5e-4), resume=True, progress=False)
