@@ -18,7 +18,7 @@ and ``.png`` under ``--out``.
     python benchmarks/service.py --model tiny --requests 200 --repeats 3
     python benchmarks/service.py --model vit-b-16 --requests 48 --repeats 2 --gallery-size 64
     python benchmarks/service.py --model vit-b-16 --concurrency 8 --requests 32 --repeats 2 --gallery-size 32 \
-        --modes "torch (old default)" "auto (new default)" --suffix -backends
+        --modes "torch (old default)" "auto (new default)" --suffix=-backends
 """
 
 from __future__ import annotations

@@ -50,6 +50,12 @@ BATCH_BLAS_MIN = 3
 # per-query SIMD loop below that: a 16-query batch would then read the gallery 16 times. Lower the
 # process-wide switch to where a batch starts to pay (FAISS's own tuning knob; it only picks the kernel).
 faiss.cvar.distance_compute_blas_threshold = min(int(faiss.cvar.distance_compute_blas_threshold), BATCH_BLAS_MIN)
+# ... and it multiplies query blocks of up to 4096 rows by database blocks of 1024 rows: for a batch of a
+# few dozen queries that is a thousand small GEMMs per million items, 5-10x slower on this project's
+# 2-core machine than one NumPy product (benchmarks/search.py). Blocks of 128 queries x 32768 items
+# (16 MB of scores) make each GEMM large enough to run at BLAS speed.
+faiss.cvar.distance_compute_blas_query_bs = 128
+faiss.cvar.distance_compute_blas_database_bs = 32768
 
 
 @dataclass
