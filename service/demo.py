@@ -175,13 +175,18 @@ def serve_demo(directory: Path, synth: Path, checkpoint: Path, port: int, starte
     loader.start()
     try:
         server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind; it has logged why
+        pass
     finally:
+        server.should_exit = True  # the announcer stops waiting
         loader.join(timeout=5)
         gallery.close()
         embedder.close()
+    if not server.started:
+        raise DemoError(f"the service did not start on 127.0.0.1:{port} (port in use? make demo ARGS='--port N')")
     if "error" in outcome:
         raise DemoError(outcome["error"])
-    return 0 if server.started else 1
+    return 0
 
 
 def _load_and_announce(
