@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from clipmc.contract import ModalityError, parse_modality
+from clipmc.model.cameras import CameraError, CameraMap
 from clipmc.model.preprocess import PreprocessConfig, normalize
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class EmbedderError(ValueError):
 
 
 ModalityLike = int | str | Sequence[int] | np.ndarray
+CameraLike = str | int | None | Sequence[str | int | None]
 
 
 class Embedder(abc.ABC):
@@ -54,6 +56,8 @@ class Embedder(abc.ABC):
         device: str,
         precision: str,
         preprocessing: PreprocessConfig | None = None,
+        inputs: Sequence[str] = ("image", "modality"),
+        architecture_config: dict[str, Any] | None = None,
     ) -> None:
         self.embedding_dim = int(embedding_dim)
         self.embedding_version = str(embedding_version)
@@ -67,23 +71,40 @@ class Embedder(abc.ABC):
             raise EmbedderError(
                 f"preprocessing size {self._preprocess_cfg} does not match image_size {self.image_size}"
             )
+        #: The graph's inputs (model.registry): "camera" follows image and modality for MIP-like models.
+        self.inputs = tuple(inputs)
+        #: Camera name -> index (and the unknown index) from the architecture config; None without "camera".
+        self.camera_map: CameraMap | None = None
+        if "camera" in self.inputs:
+            try:
+                self.camera_map = CameraMap.from_architecture(architecture_config or {})
+            except ValueError as exc:
+                raise EmbedderError(f"bad camera map in the model's architecture config: {exc}") from exc
         #: How `create_embedder` chose this runtime (`selection.Selection.as_dict()`), shown by /readyz.
         self.selection: dict[str, str] | None = None
 
     # -- public API -------------------------------------------------------------------------------
-    def embed(self, images: np.ndarray, modality: ModalityLike) -> np.ndarray:
+    def embed(self, images: np.ndarray, modality: ModalityLike, camera: CameraLike = None) -> np.ndarray:
         """Embed a batch: float32 [N, D], L2-normalised.
 
         images: uint8 crops [N, H, W, 3] already resized to `image_size` (`model.preprocess.resize_crop`),
                 or preprocessed float32 tensors [N, 3, H, W] (`model.preprocess.preprocess`).
         modality: 0 / "visible" or 1 / "infrared" for the whole batch, or an int array [N].
+        camera: the crops' camera name(s) (one for all or one per crop; an int is a name: 3 is "3"),
+                used by models whose inputs include "camera" and ignored by the others. None (or a
+                name the checkpoint does not know) is the checkpoint's unknown-camera index; without
+                one it is an EmbedderError (`model.cameras`).
         """
         x = self.prepare_images(images)
         m = self.prepare_modality(modality, x.shape[0])
+        c = self.prepare_camera(camera, x.shape[0])
         if x.shape[0] == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
         step = max(self.batch_sizes)
-        outs = [self._run(x[i : i + step], m[i : i + step]) for i in range(0, x.shape[0], step)]
+        outs = [
+            self._run(x[i : i + step], m[i : i + step], None if c is None else c[i : i + step])
+            for i in range(0, x.shape[0], step)
+        ]
         out = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -93,7 +114,8 @@ class Embedder(abc.ABC):
         h, w = self.image_size
         for b in self.batch_sizes:
             x = np.zeros((b, 3, h, w), np.float32)
-            self._run(x, np.arange(b, dtype=np.int64) % 2)
+            camera = None if self.camera_map is None else np.zeros(b, np.int64)  # index 0 always exists
+            self._run(x, np.arange(b, dtype=np.int64) % 2, camera)
         log.info("%s embedder warmed up at batch sizes %s", self.backend, list(self.batch_sizes))
 
     def close(self) -> None:  # noqa: B027 - an optional hook: not every runtime holds resources
@@ -114,6 +136,7 @@ class Embedder(abc.ABC):
             "embedding_version": self.embedding_version,
             "image_size": list(self.image_size),
             "normalization": self._preprocess_cfg.normalization,
+            "inputs": list(self.inputs),
             "batch_sizes": list(self.batch_sizes),
             "selection": self.selection,
         }
@@ -171,10 +194,20 @@ class Embedder(abc.ABC):
             raise EmbedderError(f"modality values must be 0 (visible) or 1 (infrared), got {np.unique(arr)}")
         return arr
 
+    def prepare_camera(self, camera: CameraLike, n: int) -> np.ndarray | None:
+        """Camera name(s) -> int64 [N] indices for a model with a camera input; None for the others."""
+        if self.camera_map is None:
+            return None
+        try:
+            return self.camera_map.indices(camera, n)
+        except CameraError as exc:
+            raise EmbedderError(str(exc)) from exc
+
     # -- back-end ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def _run(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
-        """One micro-batch (N <= max(batch_sizes)): float32 [N, 3, H, W], int64 [N] -> float32 [N, D]."""
+    def _run(self, images: np.ndarray, modality: np.ndarray, camera: np.ndarray | None) -> np.ndarray:
+        """One micro-batch (N <= max(batch_sizes)): float32 [N, 3, H, W], int64 [N], and the camera
+        indices int64 [N] where the graph takes them (else None) -> float32 [N, D]."""
 
 
 def normalize_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:

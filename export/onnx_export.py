@@ -83,15 +83,18 @@ def export_onnx(
         model.train(was_training)
 
 
-def example_inputs(names: tuple[str, ...], image_size: tuple[int, int], n: int = 2) -> tuple[Any, ...]:
-    """Random example tensors for the graph's inputs, in order (modality and camera alternate 0, 1)."""
+def example_inputs(
+    names: tuple[str, ...], image_size: tuple[int, int], n: int = 2, cameras: int = 1
+) -> tuple[Any, ...]:
+    """Random example tensors for the graph's inputs, in order (modality alternates 0, 1; camera runs
+    over the `cameras` rows of the model's camera embedding)."""
     import torch
 
     h, w = image_size
     table = {
         "image": lambda: torch.randn(n, 3, h, w),
         "modality": lambda: torch.arange(n, dtype=torch.int64) % 2,
-        "camera": lambda: torch.arange(n, dtype=torch.int64) % 2,
+        "camera": lambda: torch.arange(n, dtype=torch.int64) % cameras,
     }
     return tuple(table[name]() for name in names)
 
@@ -277,10 +280,12 @@ def _smoke_parity(model: EmbeddingModel, path: Path) -> None:
     import onnxruntime as ort
     import torch
 
+    from clipmc.model.cameras import CameraMap
     from clipmc.model.registry import architecture_of
 
     names = architecture_of(model).inputs
-    inputs = example_inputs(names, model.config.image_size)
+    cameras = CameraMap.from_architecture(model.config.to_dict()).size if "camera" in names else 1
+    inputs = example_inputs(names, model.config.image_size, cameras=cameras)
     with torch.no_grad():
         ref = model.embed(*inputs).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -21,7 +21,7 @@ from clipmc.model.preprocess import PreprocessConfig
 
 from .base import GPU_EXTRA, PRECISIONS, Embedder, EmbedderError
 from .engine_cache import batch_profile
-from .graph import INPUT_NAMES, OUTPUT_NAME, read_onnx_metadata
+from .graph import OUTPUT_NAME, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class OnnxRuntimeEmbedder(Embedder):
             device=device,
             precision=precision if model_precision == "fp32" else model_precision,
             preprocessing=PreprocessConfig.from_dict(meta["preprocessing"]),
+            inputs=meta["input_names"],
+            architecture_config=meta["architecture_config"],
         )
         self.onnx_path = path
         self.metadata = meta
@@ -103,8 +105,8 @@ class OnnxRuntimeEmbedder(Embedder):
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
             raise EmbedderError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
         names = tuple(i.name for i in self.session.get_inputs())
-        if sorted(names) != sorted(INPUT_NAMES) or self.session.get_outputs()[0].name != OUTPUT_NAME:
-            raise EmbedderError(f"{path}: expected inputs {INPUT_NAMES} and output {OUTPUT_NAME!r}, got {names}")
+        if sorted(names) != sorted(self.inputs) or self.session.get_outputs()[0].name != OUTPUT_NAME:
+            raise EmbedderError(f"{path}: expected inputs {self.inputs} and output {OUTPUT_NAME!r}, got {names}")
         active = self.session.get_providers()
         if active[0] != wanted:
             raise EmbedderError(f"{path}: ONNX Runtime fell back to {active} instead of {wanted}")
@@ -121,7 +123,7 @@ class OnnxRuntimeEmbedder(Embedder):
         lo, mid, hi = batch_profile(self.batch_sizes)  # the same profile as the tensorrt back-end's engines
 
         def shapes(n: int) -> str:
-            return f"image:{n}x3x{h}x{w},modality:{n}"
+            return f"image:{n}x3x{h}x{w}," + ",".join(f"{name}:{n}" for name in self.inputs[1:])
 
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         trt_options = {
@@ -138,8 +140,11 @@ class OnnxRuntimeEmbedder(Embedder):
         }
         return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
-    def _run(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {"image": images, "modality": modality})[0]
+    def _run(self, images: np.ndarray, modality: np.ndarray, camera: np.ndarray | None) -> np.ndarray:
+        feeds = {"image": images, "modality": modality}
+        if camera is not None:
+            feeds["camera"] = camera
+        return self.session.run([OUTPUT_NAME], feeds)[0]
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

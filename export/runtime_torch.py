@@ -58,6 +58,8 @@ class TorchEmbedder(Embedder):
             device=str(dev),
             precision=precision,
             preprocessing=model.config.preprocessing(),
+            inputs=architecture_of(model).inputs,
+            architecture_config=model.config.to_dict(),
         )
         self.model = model.eval().to(dev)
         self._torch_device = dev
@@ -67,28 +69,37 @@ class TorchEmbedder(Embedder):
         self._graph = graph
         self.compiled = bool(compile)
 
-    def embed_tensor(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """On-device variant for callers that already hold torch tensors (the verify command)."""
+    def embed_tensor(self, images: torch.Tensor, modality: torch.Tensor, camera: torch.Tensor | None = None
+                     ) -> torch.Tensor:  # fmt: skip
+        """On-device variant for callers that already hold torch tensors (the verify command); camera:
+        int64 indices for a model with a camera input (the unknown index when None)."""
         import torch
+
+        inputs = (images, modality)
+        if "camera" in self.inputs:
+            if camera is None:
+                camera = torch.from_numpy(self.prepare_camera(None, images.shape[0])).to(images.device)
+            inputs = (images, modality, camera)
 
         with torch.inference_mode():
             if self.precision in ("fp16", "bf16"):
                 dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
                 with torch.autocast(self._torch_device.type, dtype=dtype):
-                    out = self._graph(images, modality)
+                    out = self._graph(*inputs)
                 # CPU autocast runs the final L2 normalisation in bf16 (its fp32 op list differs from CUDA's),
                 # leaving norms ~1e-3 off: renormalise in fp32 so every runtime returns contract vectors.
                 out = torch.nn.functional.normalize(out.float(), dim=-1)
             else:
-                out = self._graph(images, modality)
+                out = self._graph(*inputs)
         return out.float()
 
-    def _run(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, modality: np.ndarray, camera: np.ndarray | None) -> np.ndarray:
         import torch
 
         x = torch.from_numpy(images).to(self._torch_device, non_blocking=True)
         m = torch.from_numpy(modality).to(self._torch_device, non_blocking=True)
-        return self.embed_tensor(x, m).cpu().numpy()
+        c = None if camera is None else torch.from_numpy(camera).to(self._torch_device, non_blocking=True)
+        return self.embed_tensor(x, m, c).cpu().numpy()
 
     def close(self) -> None:
         if self._torch_device.type == "cuda":

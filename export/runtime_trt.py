@@ -67,6 +67,8 @@ class TensorRTEmbedder(Embedder):
             device=str(dev),
             precision=meta["precision"],
             preprocessing=PreprocessConfig.from_dict(meta["preprocessing"]) if "preprocessing" in meta else None,
+            inputs=meta.get("input_names", INPUT_NAMES),
+            architecture_config=meta.get("architecture_config"),
         )
         self.engine_path = path
         self.metadata = meta
@@ -83,14 +85,14 @@ class TensorRTEmbedder(Embedder):
             if self.engine is None:
                 raise EmbedderError(f"{path}: TensorRT could not deserialise the engine (see the log above)")
             names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-            if names != {*INPUT_NAMES, OUTPUT_NAME}:
-                raise EmbedderError(f"{path}: engine tensors {sorted(names)} are not image/modality/embedding")
+            if names != {*self.inputs, OUTPUT_NAME}:
+                raise EmbedderError(f"{path}: engine tensors {sorted(names)} are not {[*self.inputs, OUTPUT_NAME]}")
             self.context = self.engine.create_execution_context()
             h, w = self.image_size
             max_batch = max(sizes)  # embed() never passes more than this (sizes lie inside the profile)
             shapes = {
                 "image": (max_batch, 3, h, w),
-                "modality": (max_batch,),
+                **{name: (max_batch,) for name in self.inputs[1:]},  # modality (and camera)
                 OUTPUT_NAME: (max_batch, self.embedding_dim),
             }
             try:
@@ -113,7 +115,7 @@ class TensorRTEmbedder(Embedder):
             raise EmbedderError(f"{self.engine_path}: unsupported dtype {dtype} for tensor {name!r}")
         return np.dtype(trt.nptype(dtype))
 
-    def _run(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, modality: np.ndarray, camera: np.ndarray | None) -> np.ndarray:
         n = images.shape[0]
         padded = max(n, self._profile[0])  # below the profile minimum: pad with zeros, drop the extra rows
         h, w = self.image_size
@@ -122,17 +124,17 @@ class TensorRTEmbedder(Embedder):
             if stream is None:
                 raise EmbedderError(f"{self.engine_path}: the embedder is closed")
             host, device = self._host_buffers, self._device_buffers
-            host["image"].array[:n] = images
-            host["modality"].array[:n] = modality
-            if padded > n:
-                host["image"].array[n:padded] = 0
-                host["modality"].array[n:padded] = 0
-            for name in INPUT_NAMES:
+            values = {"image": images, "modality": modality, "camera": camera}
+            for name in self.inputs:
+                host[name].array[:n] = values[name]
+                if padded > n:  # padding rows: zeros (a valid index for modality and camera)
+                    host[name].array[n:padded] = 0
+            for name in self.inputs:
                 row = host[name].nbytes // host[name].array.shape[0]
                 stream.copy_to_device(device[name], host[name], padded * row)
             if not (
                 self.context.set_input_shape("image", (padded, 3, h, w))
-                and self.context.set_input_shape("modality", (padded,))
+                and all(self.context.set_input_shape(name, (padded,)) for name in self.inputs[1:])
             ):
                 raise EmbedderError(f"{self.engine_path}: batch {padded} is outside the engine's profile")
             if not self.context.execute_async_v3(stream.handle):

@@ -114,6 +114,8 @@ def build_engine(
             "image_size": list(meta["image_size"]),
             "architecture": meta.get("architecture"),
             "preprocessing": meta["preprocessing"],
+            "input_names": list(meta["input_names"]),
+            "architecture_config": meta["architecture_config"],
             "precision": precision,
             "batch_sizes": list(sizes),
             "profile": list(batch_profile(sizes)),
@@ -176,7 +178,8 @@ def _build_serialized(
     h, w = meta["image_size"]
     profile = builder.create_optimization_profile()
     profile.set_shape("image", (lo, 3, h, w), (opt, 3, h, w), (hi, 3, h, w))
-    profile.set_shape("modality", (lo,), (opt,), (hi,))
+    for name in meta["input_names"][1:]:  # modality, and camera where the graph takes it
+        profile.set_shape(name, (lo,), (opt,), (hi,))
     config.add_optimization_profile(profile)
 
     cache_bytes = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""

@@ -18,8 +18,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)  # timm's ViT ImageNet weights and MIP/TransReID normalise with 0.5 / 0.5
 # Named normalisations: the name goes into the embedding_version tag.
-NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": (HALF, HALF)}
 DEFAULT_SIZE = (288, 144)  # (H, W)
 
 ImageLike = Image.Image | np.ndarray | bytes | str | Path
@@ -39,7 +40,7 @@ class PreprocessConfig:
 
     @classmethod
     def named(cls, height: int, width: int, normalization: str = "clip") -> PreprocessConfig:
-        """The config of a named normalisation ("clip" or "imagenet") at (height, width)."""
+        """The config of a named normalisation ("clip", "imagenet" or "half") at (height, width)."""
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {normalization!r}: use one of {sorted(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[normalization]
@@ -58,7 +59,7 @@ class PreprocessConfig:
 
     @property
     def normalization(self) -> str:
-        """ "clip", "imagenet", or "custom" for any other mean/std."""
+        """ "clip", "imagenet", "half", or "custom" for any other mean/std."""
         for name, (mean, std) in NORMALIZATIONS.items():
             if tuple(self.mean) == tuple(mean) and tuple(self.std) == tuple(std):
                 return name

@@ -128,6 +128,15 @@ ARCHITECTURES: MappingProxyType[str, Architecture] = MappingProxyType(
             graph=".csdn.network:EmbeddingGraph",
             recipe_module=".csdn.recipe",
         ),
+        "mip": Architecture(
+            family="mip",
+            summary="MIP: TransReID ViT with SIE camera embedding, JPM, modality- and instance-aware prompts",
+            config_module=".mip.config",
+            model_module=".mip.network",
+            graph=".mip.network:EmbeddingGraph",
+            recipe_module=".mip.recipe",
+            inputs=("image", "modality", "camera"),
+        ),
     }
 )
 

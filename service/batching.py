@@ -30,7 +30,7 @@ from clipmc.service.metrics import Metrics
 
 log = logging.getLogger("clipmc.service.batching")
 
-EmbedFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+EmbedFn = Callable[..., np.ndarray]  # (images, modality) or (images, modality, cameras)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class _Pending:
     crop: np.ndarray
     modality: int
     future: asyncio.Future[np.ndarray]
+    camera: str | None = None  # the crop's camera name, for models with a camera input
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -98,8 +99,11 @@ class DynamicBatcher:
                 item.future.set_exception(APIError(503, "shutting_down", "the service is shutting down"))
         self._set_depth()
 
-    async def embed(self, crops: np.ndarray, modalities: np.ndarray | list[int]) -> np.ndarray:
-        """Vectors [N, D] for crops uint8 [N, H, W, 3], each with its modality (0 visible, 1 infrared)."""
+    async def embed(
+        self, crops: np.ndarray, modalities: np.ndarray | list[int], cameras: list[str | None] | None = None
+    ) -> np.ndarray:
+        """Vectors [N, D] for crops uint8 [N, H, W, 3], each with its modality (0 visible, 1 infrared)
+        and camera name (None: unknown; only models with a camera input use it)."""
         if self._stopping:
             raise APIError(503, "shutting_down", "the service is shutting down")
         if self._task is None or self._task.done():
@@ -112,7 +116,8 @@ class DynamicBatcher:
                 503, "overloaded", f"embedding queue is full ({len(self._pending)} crops waiting)", {"Retry-After": "1"}
             )
         loop = asyncio.get_running_loop()
-        items = [_Pending(crops[i], int(modalities[i]), loop.create_future()) for i in range(n)]
+        cams = cameras if cameras is not None else [None] * n
+        items = [_Pending(crops[i], int(modalities[i]), loop.create_future(), cams[i]) for i in range(n)]
         self._pending.extend(items)
         self._set_depth()
         self._wakeup.set()
@@ -157,13 +162,15 @@ class DynamicBatcher:
     async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], *, isolate: bool = True) -> None:
         images = np.stack([item.crop for item in batch])
         modality = np.asarray([item.modality for item in batch], dtype=np.int64)
+        cameras = [item.camera for item in batch]
+        args = (images, modality) if all(c is None for c in cameras) else (images, modality, cameras)
         start = time.perf_counter()
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(batch))
             for item in batch:
                 self.metrics.queue_wait.observe(start - item.queued_at)
         try:
-            vectors = await loop.run_in_executor(self.executor, self.embed_fn, images, modality)
+            vectors = await loop.run_in_executor(self.executor, self.embed_fn, *args)
             if len(vectors) != len(batch):
                 raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(batch)} crops")
         except asyncio.CancelledError:

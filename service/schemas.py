@@ -90,6 +90,9 @@ class QueryParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     modality: Modality = Field("infrared", description="modality of the query crop")
+    camera: str | None = Field(
+        None, max_length=256, description="the query crop's camera (models with a camera input; none: unknown camera)"
+    )
     target_modality: Literal["opposite", "visible", "infrared", "any"] = Field(
         "opposite", description="which gallery items to search"
     )
@@ -111,6 +114,11 @@ class QueryParams(BaseModel):
     @classmethod
     def _cameras(cls, value: Any) -> Any:
         return _camera_list(value)
+
+    @field_validator("camera", mode="before")
+    @classmethod
+    def _camera(cls, value: Any) -> Any:
+        return _label(value)
 
     @field_validator("since", "until", mode="before")
     @classmethod
@@ -340,6 +348,7 @@ QUERY_FORM_SCHEMA: dict[str, Any] = {
             "description": "the query crop, or several crops of one person (a tracklet: repeat the part)",
         },
         "modality": {"type": "string", "enum": ["infrared", "visible"], "default": "infrared"},
+        "camera": {"type": "string", "description": "the crop's camera (models with a camera input)"},
         "target_modality": {
             "type": "string",
             "enum": ["opposite", "visible", "infrared", "any"],

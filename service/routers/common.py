@@ -7,10 +7,12 @@ from typing import Annotated, Any
 from fastapi import Depends
 from fastapi import Path as PathParam
 
+from clipmc.export import EmbedderError
 from clipmc.gallery import Item, SearchHit
 from clipmc.model.calibration import Calibration
 from clipmc.service import schemas
 from clipmc.service.auth import require
+from clipmc.service.errors import InputError
 
 # Gallery ids are positive SQLite / Milvus int64 keys: a larger number is a 422 here, not an overflow deeper down.
 ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="gallery item id")]
@@ -74,3 +76,16 @@ def body_doc(json_model: str, form_schema: dict[str, Any]) -> dict[str, Any]:
             },
         }
     }
+
+
+def check_cameras(embedder: Any, cameras: list[str | None]) -> None:
+    """The crops' camera names against the model's camera map, before they are queued: a name the
+    model cannot embed (unknown, and no unknown-camera index) is a 422 `unknown_camera`. Models without
+    a camera input (and embedders without a camera map) accept any camera: it does not enter the vector."""
+    prepare = getattr(embedder, "prepare_camera", None)
+    if prepare is None:
+        return
+    try:
+        prepare(cameras, len(cameras))
+    except EmbedderError as exc:
+        raise InputError(str(exc), "unknown_camera") from None

@@ -23,6 +23,7 @@ from clipmc.service.routers.common import (
     QUERY_SCOPE,
     ItemId,
     body_doc,
+    check_cameras,
     item_dict,
 )
 from clipmc.service.state import ReadyService, ServiceState, get_state, open_gallery_state, ready_service
@@ -47,7 +48,9 @@ async def ingest(request: Request, service: ReadyService = Depends(ready_service
     decoded = await run_in_threadpool(decode_many, entries, state.limits, embedder.image_size, thumb_size)
     crops = np.stack([d.crop for d in decoded])
     modalities = [schemas.MODALITY_CODES[meta.modality] for meta, _, _ in entries]
-    vectors = await batcher.embed(crops, modalities)
+    cameras = [meta.camera for meta, _, _ in entries]
+    check_cameras(embedder, cameras)
+    vectors = await batcher.embed(crops, modalities, cameras)
     items = [
         Item(
             vector=vector,

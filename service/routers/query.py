@@ -21,7 +21,14 @@ from clipmc.service import schemas
 from clipmc.service.bodies import parse_query
 from clipmc.service.errors import InputError
 from clipmc.service.images import decode_image
-from clipmc.service.routers.common import ERRORS, QUERY_SCOPE, body_doc, calibration_summary, result_dict
+from clipmc.service.routers.common import (
+    ERRORS,
+    QUERY_SCOPE,
+    body_doc,
+    calibration_summary,
+    check_cameras,
+    result_dict,
+)
 from clipmc.service.search import fuse_tracklet, search_query
 from clipmc.service.state import ReadyService, ready_service
 
@@ -43,7 +50,8 @@ async def query(request: Request, service: ReadyService = Depends(ready_service)
     params, datas, labels = await parse_query(request, state.settings)
     crops = await run_in_threadpool(_decode_all, datas, labels, state.limits, embedder.image_size)
     query_code = schemas.MODALITY_CODES[params.modality]
-    vectors = await batcher.embed(crops, [query_code] * len(crops))
+    check_cameras(embedder, [params.camera])
+    vectors = await batcher.embed(crops, [query_code] * len(crops), [params.camera] * len(crops))
     try:
         vector = fuse_tracklet(vectors)
     except ValueError as exc:
