@@ -173,6 +173,22 @@ def test_installed_namespace_adds_no_top_level_model_or_gallery(tmp_path: Path) 
     assert bare.returncode != 0 and "No module named 'model'" in bare.stderr
 
 
+def test_pyproject_installs_every_package() -> None:
+    """A sub-package missing from pyproject's explicit list installs nowhere (editable installs hide it)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"clipmc"}
+    for folder, name in PACKAGES.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join([name, *rel]))
+    assert listed == found
+
+
 # -- the contract module ---------------------------------------------------------------------------
 def test_contract_imports_nothing_heavy() -> None:
     out = subprocess.run(
