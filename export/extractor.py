@@ -68,7 +68,7 @@ class FeatureExtractor:
     def embedding_version(self) -> str:
         return self.embedder.embedding_version
 
-    def __call__(self, images: ImageLike | Sequence[ImageLike], modality: Any) -> np.ndarray:
+    def __call__(self, images: ImageLike | Sequence[ImageLike], modality: Any, camera: Any = None) -> np.ndarray:
         """Embed one crop or a list of crops.
 
         Args:
@@ -76,6 +76,8 @@ class FeatureExtractor:
                 list of any of these.
             modality: one modality for all ("infrared", "visible", 0, 1, or any spelling of
                 ``clipmc.contract``) or one per crop.
+            camera: the crops' camera name(s), for models whose inputs include the camera (MIP); one for
+                all or one per crop; None is the checkpoint's unknown camera (see ``Embedder.embed``).
 
         Returns:
             float32 [N, D], L2-normalised (N = 1 for a single crop).
@@ -85,7 +87,7 @@ class FeatureExtractor:
         if not items:
             return np.zeros((0, self.dim), np.float32)
         crops = np.stack([resize_crop(item, self.embedder.image_size) for item in items])
-        return self.embedder.embed(crops, codes)
+        return self.embedder.embed(crops, codes, camera)
 
     def close(self) -> None:
         self.embedder.close()
