@@ -373,9 +373,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "transform_rng": self.loader.dataset.transform.rng.bit_generator.state,
         }
-        tmp_state = self.out / (STATE_FILE + ".tmp")
-        torch.save(state, tmp_state)
-        tmp_state.replace(self.out / STATE_FILE)
+        atomic_write(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def selection_record(self, epoch: int, value: float | None) -> dict[str, Any]:
         """How a checkpoint was chosen: {"split", "metric", "value", "epoch"} (metric None for last/)."""
@@ -425,12 +423,13 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=header).writerow(row)
         return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header + [k for k in row if k not in header])
-        writer.writeheader()
-        writer.writerows([*rows, row])
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header + [k for k in row if k not in header])
+            writer.writeheader()
+            writer.writerows([*rows, row])
+
+    atomic_write(path, write)
 
 
 def _fmt(row: dict[str, Any]) -> str:
