@@ -48,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # force: the handler writes to the sys.stderr of *this* call. Without it a second main() in one
+    # process (tests, notebooks) keeps the first call's stream, which may be closed by then.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     if not getattr(args, "func", None):
         parser.print_help()
