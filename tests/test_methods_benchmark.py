@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """`clipmc.cli.main` (and methods.py's main) call logging.basicConfig, which binds a root handler to
+    this test's captured stderr; later tests would log into the closed stream. Put the handlers back."""
+    handlers = list(logging.root.handlers)
+    yield
+    logging.root.handlers[:] = handlers
+
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,16 @@ from clipmc.model.synth import (
 from clipmc.model.synth_captions import class_prompts, crop_attributes, read_captions
 
 COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOUR_NAMES) + r")\b")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """`clipmc.cli.main` (and methods.py's main) call logging.basicConfig, which binds a root handler to
+    this test's captured stderr; later tests would log into the closed stream. Put the handlers back."""
+    handlers = list(logging.root.handlers)
+    yield
+    logging.root.handlers[:] = handlers
+
 
 # A seconds-sized CLIP: one layer per tower at 64 x 32 crops.
 TINY_ARCH = {
