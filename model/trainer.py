@@ -423,6 +423,7 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=header).writerow(row)
         return
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header + [k for k in row if k not in header])
