@@ -5,6 +5,7 @@ service, and a short synthetic run that beats the untrained model."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -39,6 +40,22 @@ def csdn_checkpoint(tmp_path_factory, csdn):
     path = tmp_path_factory.mktemp("csdn") / "ckpt"
     save_checkpoint(csdn, path, note="csdn test fixture")
     return path
+
+
+@pytest.fixture()
+def restore_logging():
+    """`clipmc serve` routes the root logger to the stderr of the moment (the test's capture): put the
+    root logger back afterwards, so that later tests do not log into a closed capture."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 def images(n: int, seed: int = 0, size: tuple[int, int] = (128, 64)) -> torch.Tensor:
@@ -255,7 +272,7 @@ def test_onnx_parity_on_both_modalities(csdn, csdn_checkpoint, tmp_path):
     assert not np.allclose(torch_emb.embed(crops, 0), torch_emb.embed(crops, 1))
 
 
-def test_serve_answers_query_and_refuses_another_models_gallery(csdn_checkpoint, tmp_path, capsys):
+def test_serve_answers_query_and_refuses_another_models_gallery(csdn_checkpoint, tmp_path, capsys, restore_logging):
     from clipmc.cli import main
     from clipmc.gallery import open_gallery
     from clipmc.service.app import create_app
@@ -290,7 +307,9 @@ def test_serve_answers_query_and_refuses_another_models_gallery(csdn_checkpoint,
 
 # -- the commands --------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_train_info_evaluate_export_verify_commands_dispatch_through_the_registry(synth_trees, tmp_path, capsys):
+def test_train_info_evaluate_export_verify_commands_dispatch_through_the_registry(
+    synth_trees, tmp_path, capsys, restore_logging
+):
     """`clipmc train --model csdn-tiny` runs CSDN's recipe (one short step per stage), then the generic
     commands work on its checkpoint; options of another recipe are refused in one line."""
     from clipmc.cli import main
