@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -12,6 +13,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SYNTH_SIZE = (32, 16)  # (H, W) of the images in the synth_trees fixture
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers_restored():
+    """`clipmc serve` (run in-process by CLI tests) points the root logger at the test's captured stderr at
+    INFO; put the handlers and level back afterwards, or the next test logs into a closed capture
+    ("Logging error") or gets INFO lines in its stderr."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+    for handler in before:
+        if handler not in root.handlers:
+            root.addHandler(handler)
 
 
 @pytest.fixture(scope="session")

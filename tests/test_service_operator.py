@@ -7,7 +7,6 @@ per person and camera, and a few crops without a track id.
 from __future__ import annotations
 
 import base64
-import logging
 
 import numpy as np
 import pytest
@@ -246,16 +245,7 @@ def test_serve_refuses_a_calibration_of_another_model_in_one_line(tmp_path, tiny
 
     path = write_calibration(tmp_path / "cal.json", "clipmc-tiny.wdeadbeef", threshold=0.5)
     gallery = str(tmp_path / "g")
-    root = logging.getLogger()
-    before = list(root.handlers)
-    try:
-        code = main(["serve", "--weights", str(tiny_checkpoint), "--gallery", gallery, "--calibration", str(path)])
-    finally:  # `clipmc serve` points the root logger at this test's captured stderr: do not leave it there
-        for handler in [h for h in root.handlers if h not in before]:
-            root.removeHandler(handler)
-        for handler in before:
-            if handler not in root.handlers:
-                root.addHandler(handler)
+    code = main(["serve", "--weights", str(tiny_checkpoint), "--gallery", gallery, "--calibration", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("clipmc serve: error:")]
