@@ -127,19 +127,32 @@ def build_model(
     return build_registered(name_or_config, pretrained, cache_dir=cache_dir, image_size=image_size, **overrides)
 
 
+def load_open_clip_weights(clip: torch.nn.Module, path: str, architecture: str) -> None:
+    """Load an open_clip weights file strictly, through open_clip's own loader (which also resizes the
+    position embedding to our image size); a file of another architecture is one clear error.
+
+    The error is cut short: a mismatch lists every key of the state dict (thousands of characters),
+    and the user needs the first few to see which file they gave.
+    """
+    log.info("loading CLIP weights from %s", path)
+    try:
+        open_clip.load_checkpoint(clip, path, strict=True)
+    except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 300:
+            detail = detail[:300] + f"... ({len(detail)} characters)"
+        raise PretrainedWeightsError(
+            f"{path}: not an open_clip checkpoint of architecture {architecture!r}: {detail}"
+        ) from exc
+
+
 def build(config: ModelConfig, pretrained: str | None = None, *, cache_dir: str | None = None) -> CLIPMC:
     """CLIP-MC's builder (its model.registry entry): open_clip CLIP at our image size, then the heads."""
     config = get_config(config)
     path = resolve_pretrained(config, pretrained, cache_dir) if pretrained else None  # fail before building
     clip = build_clip(config)
     if path:
-        log.info("loading CLIP weights from %s", path)
-        try:
-            open_clip.load_checkpoint(clip, path, strict=True)
-        except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as exc:
-            raise PretrainedWeightsError(
-                f"{path}: not an open_clip checkpoint of architecture {config.name!r}: {exc}"
-            ) from exc
+        load_open_clip_weights(clip, path, config.name)
     model = CLIPMC(clip, config, prompt_token_ids())
     model.eval()
     return model

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..factory import PretrainedWeightsError, resolve_pretrained
+from ..factory import load_open_clip_weights, resolve_pretrained
 from .config import CSDNConfig
 
 log = logging.getLogger(__name__)
@@ -317,13 +317,7 @@ def build(config: CSDNConfig, pretrained: str | None = None, *, cache_dir: str |
     path = resolve_pretrained(config, pretrained, cache_dir) if pretrained else None  # type: ignore[arg-type]
     clip = open_clip.CLIP(**config.open_clip_cfg())
     if path:
-        log.info("loading CLIP weights from %s", path)
-        try:
-            open_clip.load_checkpoint(clip, path, strict=True)
-        except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as exc:
-            raise PretrainedWeightsError(
-                f"{path}: not an open_clip checkpoint of architecture {config.name!r}: {exc}"
-            ) from exc
+        load_open_clip_weights(clip, path, config.name)
     set_last_stage_stride_1(clip.visual)
     resize_attnpool_position(clip.visual.attnpool, config.grid)
     model = CSDN(clip, config, prompt_token_ids())
