@@ -417,8 +417,8 @@ def machine() -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, shared with other engineers' "
-        f"jobs (1-min load average before-after each size: "
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB "
+        f"(load: 1-min load average before-after each size: "
         + ", ".join(f"{r['load_before']}-{r['load_after']}" for r in results)
         + f"); numpy {info['numpy']}, faiss {info['faiss']} (CPU, {info['faiss_omp_threads']} OpenMP threads). "
         f"dim {results[0]['dim']}, top-{TOP_K}, float32 vectors. Latency: one query at a time; batched QPS: "

@@ -336,7 +336,7 @@ def markdown(result: dict[str, Any]) -> str:
     info, cfg = result["machine"], result["config"]
     lines = [
         f"Service load test, model `{cfg['model']}` ({cfg['weights']}) on {info['gpu'] or 'CPU'}: {info['cpu']}, "
-        f"{info['cores']} cores, shared with other engineers' jobs (1-min load average {cfg.get('load_before')} "
+        f"{info['cores']} cores (load: 1-min load average {cfg.get('load_before')} "
         f"before, {cfg.get('load_after')} after). {cfg['repeats']} x {cfg['requests']} POST /query per row "
         f"(multipart PNG crops, top_k {cfg['top_k']}, the modes alternating) against a gallery of "
         f"{cfg['gallery_size']}; the load generator runs on the same machine. Runtime: what each server's "

@@ -23,7 +23,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from .losses import (
     cross_modality_center_loss,
     identity_contrastive,
 )
+from .recipe_options import RecipeOptions
 from .sampler import IdentityModalitySampler
 from .transforms import TrainTransform
 
@@ -55,7 +56,7 @@ STATE_FILE = "trainer_state.pt"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RecipeOptions):
     """Training arguments; every field can come from a JSON file (`--config`) or the command line."""
 
     model: str = "vit-b-16"
@@ -100,30 +101,12 @@ class TrainConfig:
     )
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: training config not found") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
-
-    @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "training config") -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown training option(s) {unknown}; known: {sorted(names)}")
-        cfg = cls(**data)
-        if cfg.image_size is not None:
-            cfg.image_size = tuple(cfg.image_size)  # type: ignore[assignment]
+        cfg = cls.construct(data, source)
         cfg.milestones = tuple(cfg.milestones)
         from .config import normalise_ablations
 
         cfg.ablate = normalise_ablations(cfg.ablate)
-        if cfg.selection not in SELECTIONS:
-            raise ValueError(f"{source}: selection must be one of {list(SELECTIONS)}, got {cfg.selection!r}")
         if not 0 < cfg.holdout < 1:
             raise ValueError(f"{source}: holdout must be a fraction in (0, 1), got {cfg.holdout!r}")
         if "loss_weights" in data:
@@ -136,7 +119,6 @@ class TrainConfig:
         return d
 
 
-SELECTIONS = ("val", "last")
 SELECTION_METRIC = "mAP"  # best/ maximises the validation mAP
 
 

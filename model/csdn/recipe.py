@@ -24,13 +24,12 @@
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import save_checkpoint
 from ..data.records import INFRARED, VISIBLE, Record
+from ..recipe_options import RecipeOptions
 from ..registry import resolve_config
 from ..sampler import IdentityModalitySampler
 from ..trainer import SELECTION_METRIC, append_csv_row
@@ -54,7 +54,7 @@ EvalFn = Callable[[Any], dict[str, float]]
 
 
 @dataclass
-class CSDNTrainConfig:
+class CSDNTrainConfig(RecipeOptions):
     """Training options (JSON file or command line); defaults are the published ones."""
 
     model: str = "csdn-rn50"
@@ -106,27 +106,11 @@ class CSDNTrainConfig:
     eval_every: int = 5
     eval_trials: int = 1
 
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> CSDNTrainConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: training config not found") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+    KIND = "CSDN training"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "training config") -> CSDNTrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown CSDN training option(s) {unknown}; known: {sorted(names)}")
-        cfg = cls(**data)
-        if cfg.selection not in ("val", "last"):
-            raise ValueError(f"{source}: selection must be 'val' or 'last', got {cfg.selection!r}")
-        if cfg.image_size is not None:
-            cfg.image_size = tuple(cfg.image_size)  # type: ignore[assignment]
+        cfg = cls.construct(data, source)
         cfg.milestones = tuple(cfg.milestones)
         if "loss_weights" in data:
             extra = sorted(set(data["loss_weights"]) - set(cls().loss_weights))

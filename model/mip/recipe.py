@@ -30,13 +30,12 @@ unknown camera).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import save_checkpoint
 from ..data.records import Record
+from ..recipe_options import RecipeOptions
 from ..registry import resolve_config
 from ..sampler import IdentityModalitySampler
 from ..trainer import SELECTION_METRIC, append_csv_row
@@ -62,7 +62,7 @@ LR_GROUPS = ("base", "bias", "generator", "prompts")
 
 
 @dataclass
-class MIPTrainConfig:
+class MIPTrainConfig(RecipeOptions):
     """Training options (JSON file or command line); defaults are the published ones."""
 
     model: str = "mip-vit-b-16"
@@ -100,29 +100,13 @@ class MIPTrainConfig:
     eval_every: int = 5
     eval_trials: int = 1
 
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> MIPTrainConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: training config not found") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+    KIND = "MIP training"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "training config") -> MIPTrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown MIP training option(s) {unknown}; known: {sorted(names)}")
-        cfg = cls(**data)
-        if cfg.selection not in ("val", "last"):
-            raise ValueError(f"{source}: selection must be 'val' or 'last', got {cfg.selection!r}")
+        cfg = cls.construct(data, source)
         if not 0 <= cfg.unknown_camera_p < 1:
             raise ValueError(f"{source}: unknown_camera_p must be in [0, 1), got {cfg.unknown_camera_p}")
-        if cfg.image_size is not None:
-            cfg.image_size = tuple(cfg.image_size)  # type: ignore[assignment]
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
