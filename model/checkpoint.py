@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,28 @@ def save_checkpoint(model: EmbeddingModel, path: str | os.PathLike, **metadata: 
     atomic_write(out / CONFIG_FILE, json.dumps(config, indent=2, default=str))
     log.info("saved checkpoint %s (%s)", out, config["embedding_version"])
     return out
+
+
+def save_epoch_checkpoints(
+    model: Any, out_dir: str | os.PathLike, metadata: dict[str, Any], best_selection: dict[str, Any] | None = None
+) -> None:
+    """The end of a training epoch, for every recipe: `last/` always; with `best_selection` (the record
+    of how these weights were chosen), the same weights also become `best/`, whose config.json gains
+    that record. best/ is assembled beside the old one and swapped in, so a crash leaves one or the other.
+    """
+    out = Path(out_dir)
+    save_checkpoint(model, out / "last", **metadata)
+    if best_selection is None:
+        return
+    tmp = out / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out / "last", tmp)
+    cfg_path = tmp / CONFIG_FILE
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    config["metadata"]["selection"] = best_selection
+    atomic_write(cfg_path, json.dumps(config, indent=2, default=str))
+    shutil.rmtree(out / "best", ignore_errors=True)
+    tmp.rename(out / "best")
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:

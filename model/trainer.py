@@ -16,10 +16,8 @@ identities). Without it (`selection: "last"`) only `last/` is written.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -34,7 +32,7 @@ from tqdm import tqdm
 
 from clipmc.contract import atomic_write
 
-from .checkpoint import save_checkpoint
+from .checkpoint import save_epoch_checkpoints
 from .clipmc import CLIPMC, CLIPMCOutput
 from .data.records import Record
 from .heads import TrainingHeads
@@ -329,20 +327,12 @@ class Trainer:
         meta = self._metadata(epoch, metrics)
         if not self.evaluate_fn:
             meta["selection"] = self.selection_record(epoch, None)
-        save_checkpoint(self.model, self.out / "last", **meta)
         score = metrics.get(SELECTION_METRIC)
-        if score is not None and score > self.best.get(SELECTION_METRIC, -math.inf):
+        improved = score is not None and score > self.best.get(SELECTION_METRIC, -math.inf)
+        if improved:
             self.best = {"epoch": epoch, **metrics}
-            tmp = self.out / ".best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.out / "last", tmp)
-            # The weights are last/'s; config.json gains the record of how they were chosen.
-            cfg_path = tmp / "config.json"
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-            config["metadata"]["selection"] = self.selection_record(epoch, score)
-            atomic_write(cfg_path, json.dumps(config, indent=2, default=str))
-            shutil.rmtree(self.out / "best", ignore_errors=True)
-            tmp.rename(self.out / "best")
+        # The weights are last/'s; best/'s config.json gains the record of how they were chosen.
+        save_epoch_checkpoints(self.model, self.out, meta, self.selection_record(epoch, score) if improved else None)
         state = {
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),

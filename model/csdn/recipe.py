@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import save_epoch_checkpoints
 from ..data.records import INFRARED, VISIBLE, Record
 from ..recipe_options import RecipeOptions
 from ..registry import resolve_config
@@ -420,17 +419,14 @@ def train(
                 "recipe": "csdn three-stage"}  # fmt: skip
         score = metrics.get(SELECTION_METRIC)
         improved = score is not None and score > best.get(SELECTION_METRIC, -float("inf"))
-        if improved or (evaluate is None and last):
-            meta["selection"] = {"split": selection_split, "metric": SELECTION_METRIC if improved else None,
-                                 "value": score if improved else None, "epoch": epoch + 1}  # fmt: skip
-        save_checkpoint(model, out / "last", **meta)
-        if improved or (evaluate is None and last):
+        chosen = improved or (evaluate is None and last)
+        selection = {"split": selection_split, "metric": SELECTION_METRIC if improved else None,
+                     "value": score if improved else None, "epoch": epoch + 1}  # fmt: skip
+        if evaluate is None and last:
+            meta["selection"] = selection  # last/ is then the chosen checkpoint too
+        save_epoch_checkpoints(model, out, meta, selection if chosen else None)
+        if chosen:
             best = {"epoch": epoch + 1, **metrics}
-            tmp = out / ".best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(out / "last", tmp)
-            shutil.rmtree(out / "best", ignore_errors=True)
-            tmp.rename(out / "best")
     model.eval()
     return {"history": history, "out": str(out), "best": best}
 
