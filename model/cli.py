@@ -20,15 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a registered architecture (CLIP-MC, CSDN) on SYSU-MM01, RegDB, LLCM or a "
-                       "folder in one of their layouts")  # fmt: skip
+    p = sub.add_parser("train", help="train a registered architecture (CLIP-MC, CSDN, MIP) on SYSU-MM01, RegDB, "
+                       "LLCM or a folder in one of their layouts")  # fmt: skip
     p.add_argument("--dataset", required=True, help="sysu | regdb | llcm, or a dataset folder")
     p.add_argument("--data-root", help="the dataset's root folder (not needed when --dataset is a folder)")
     p.add_argument("--split", type=int, default=1, help="RegDB split 1..10 (one model per split)")
     p.add_argument("--config", help="JSON file of training options (the recipe's RecipeConfig: model/trainer.py "
-                   "TrainConfig for CLIP-MC, model/csdn/recipe.py CSDNTrainConfig for CSDN)")  # fmt: skip
+                   "TrainConfig for CLIP-MC, model/csdn/recipe.py CSDNTrainConfig, model/mip/recipe.py "
+                        "MIPTrainConfig)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder: last/, best/, train_log.csv, tensorboard/")
-    p.add_argument("--model", help="architecture: vit-b-16 (default), tiny, csdn-rn50 or csdn-tiny")
+    p.add_argument("--model", help="architecture: vit-b-16 (default), tiny, csdn-rn50, csdn-tiny, mip-vit-b-16, "
+                                   "mip-tiny")  # fmt: skip
     p.add_argument("--pretrained", help="'openai', a local open_clip checkpoint file, or 'none'")
     p.add_argument("--image-size", help="H,W (default 288,144)")
     p.add_argument("--epochs", type=int)
