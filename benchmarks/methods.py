@@ -6,6 +6,10 @@ synthetic SYSU-MM01 tree (``clipmc synth --layout sysu``; training, validation a
 - zero-shot: the pretrained CLIP in CLIP-MC with untrained heads, no training (one run: no seed);
 - image-only: ``clipmc train --ablate text`` (the CLIP-ReID-style baseline with the same image losses);
 - CLIP-MC, and CLIP-MC without MC / ITPG / MCL (``--ablate mc|itpg|mcl``);
+- MIP on the same CLIP's image tower (``mip-synth-small`` for ``synth-small``: the tower's ViT loaded into
+  timm's VisionTransformer by timm's own CLIP converter, as MIP starts from ImageNet weights), untrained
+  (new prompts, SIE and heads) and trained with its recipe (``configs/mip-synth-small-methods.json``);
+  CSDN has no row: it needs a ModifiedResNet CLIP, and the synthetic CLIP is a ViT;
 
 each trained with ``--seed`` 0, 1, 2 and evaluated with ``clipmc evaluate`` on its ``best/`` checkpoint,
 which the trainer selects on the validation identities (a ``best/`` without a validation selection
@@ -14,12 +18,13 @@ record is refused: it may have been chosen on test identities). SYSU all-search 
 sample standard deviation over the seeds. Then the infrared-coupling sweep: image-only vs CLIP-MC at
 ``clipmc synth --ir-coupling`` 0, 0.5 and 0.9 (3 seeds each), where compensation could pay if anywhere.
 
-Nothing is tuned here: the training options are ``configs/synth-small-methods.json`` as written before
-any run. Writes ``methods.json``, ``methods.md``, ``methods.png`` and ``methods-coupling.png`` under
-``--out`` with the run time, the machine and its load. ``--toy`` runs the whole pipeline at seconds
-size (a test does); ``--from-json`` rewrites the table and plots from a results JSON.
+Nothing is tuned on test identities: the training options are ``configs/synth-small-methods.json`` and
+``configs/mip-synth-small-methods.json`` (see the README for how each was fixed). Writes ``methods.json``,
+``methods.md``, ``methods.png`` and ``methods-coupling.png`` under ``--out`` with the run time, the machine
+and its load. ``--toy`` runs the whole pipeline at seconds size (a test does); ``--from-json`` rewrites the
+table and plots from a results JSON.
 
-    python benchmarks/methods.py --clip runs/synthclip.safetensors          # hours on 2 CPU cores
+    python benchmarks/methods.py --clip runs/synthclip.safetensors --jobs 2   # about an hour on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -44,19 +49,31 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("benchmarks.methods")
 
-#: method -> extra `clipmc train` flags (None: no training, the pretrained CLIP as it is).
-METHODS: dict[str, list[str] | None] = {
-    "zero-shot": None,
-    "image-only": ["--ablate", "text"],
-    "CLIP-MC": [],
-    "w/o MC": ["--ablate", "mc"],
-    "w/o ITPG": ["--ablate", "itpg"],
-    "w/o MCL": ["--ablate", "mcl"],
+
+@dataclass(frozen=True)
+class Method:
+    """One row: its architecture family ("clipmc": `--arch`; "mip": MIP on the same CLIP's image tower) and
+    its extra `clipmc train` flags (None: no training, the pretrained CLIP with untrained heads)."""
+
+    family: str
+    flags: tuple[str, ...] | None
+
+
+METHODS: dict[str, Method] = {
+    "zero-shot": Method("clipmc", None),
+    "image-only": Method("clipmc", ("--ablate", "text")),
+    "CLIP-MC": Method("clipmc", ()),
+    "w/o MC": Method("clipmc", ("--ablate", "mc")),
+    "w/o ITPG": Method("clipmc", ("--ablate", "itpg")),
+    "w/o MCL": Method("clipmc", ("--ablate", "mcl")),
+    "MIP untrained": Method("mip", None),
+    "MIP": Method("mip", ()),
 }
 SWEEP_METHODS = ("image-only", "CLIP-MC")
 SETTINGS = ("all", "indoor")
 METRICS = ("R1", "mAP", "mINP")
 TRAIN_CONFIG = ROOT / "configs" / "synth-small-methods.json"
+MIP_TRAIN_CONFIG = ROOT / "configs" / "mip-synth-small-methods.json"
 
 
 class BenchmarkError(RuntimeError):
@@ -98,7 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coupling", type=float, help="--ir-coupling of the main table's data (default 0.5)")
     p.add_argument("--sweep", type=_floats, help="couplings of the sweep (default 0,0.5,0.9); 'none' to skip")
     p.add_argument("--methods", type=_methods, help=f"subset of {','.join(METHODS)}")
-    p.add_argument("--config", type=Path, default=TRAIN_CONFIG, help="training options JSON")
+    p.add_argument("--config", type=Path, default=TRAIN_CONFIG, help="CLIP-MC training options JSON")
+    p.add_argument("--mip-config", type=Path, default=MIP_TRAIN_CONFIG, help="MIP training options JSON")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes; torch threads split the cores)")
     p.add_argument("--from-json", type=Path, help="only rewrite the table and plots from this results JSON")
     return p.parse_args(argv)
 
@@ -235,36 +254,74 @@ def evaluate(checkpoint: Path, data: Path, trials: int, out: Path) -> dict[str, 
     return {s: {m: float(results["settings"][s]["mean"][m]) for m in METRICS} for s in SETTINGS}
 
 
-def run_one(work: Path, data: Path, coupling: float, method: str, seed: int | None, args: argparse.Namespace,
-            plan: Plan, train_config: Path) -> dict[str, Any]:  # fmt: skip
-    """Train (unless zero-shot) and evaluate one (coupling, method, seed); a finished run is read back."""
-    slug = method.replace("/", "").replace(" ", "-").lower()
-    run = work / f"runs-c{coupling:g}" / (slug if seed is None else f"{slug}-seed{seed}")
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run needs (picklable: runs may go to worker processes)."""
+
+    work: Path
+    data: Path
+    coupling: float
+    method: str
+    seed: int | None
+    clip: str
+    arch: str  # the architecture file or name of the method's family
+    train_config: Path
+    trials: int
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Train (unless untrained) and evaluate one (coupling, method, seed); a finished run is read back."""
+    method = METHODS[spec.method]
+    slug = spec.method.replace("/", "").replace(" ", "-").lower()
+    run = spec.work / f"runs-c{spec.coupling:g}" / (slug if spec.seed is None else f"{slug}-seed{spec.seed}")
     record_path = run / "record.json"
     if record_path.is_file():
         return json.loads(record_path.read_text(encoding="utf-8"))
     run.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"coupling": coupling, "method": method, "seed": seed}
+    record: dict[str, Any] = {"coupling": spec.coupling, "method": spec.method, "seed": spec.seed,
+                              "family": method.family}  # fmt: skip
     t0 = time.perf_counter()
-    if METHODS[method] is None:
+    if method.flags is None:
         from clipmc.model import build_model, save_checkpoint
 
         checkpoint = run / "checkpoint"
-        save_checkpoint(build_model(args.arch, pretrained=args.clip), checkpoint, note="zero-shot, untrained heads")
+        save_checkpoint(build_model(spec.arch, pretrained=spec.clip), checkpoint, note="untrained heads")
         record["selection"] = None
     else:
         train_out = run / "train"
-        _cli(["train", "--dataset", str(data), "--config", str(train_config), "--out", str(train_out),
-              "--model", args.arch, "--pretrained", args.clip, "--seed", str(seed), "--device", "cpu",
-              *METHODS[method]])  # fmt: skip
+        _cli(["train", "--dataset", str(spec.data), "--config", str(spec.train_config), "--out", str(train_out),
+              "--model", spec.arch, "--pretrained", spec.clip, "--seed", str(spec.seed), "--device", "cpu",
+              *method.flags])  # fmt: skip
         checkpoint, record["selection"] = selected_checkpoint(train_out)
     record["train_seconds"] = round(time.perf_counter() - t0, 1)
     t1 = time.perf_counter()
-    record["settings"] = evaluate(checkpoint, data, plan.trials, run / "eval")
+    record["settings"] = evaluate(checkpoint, spec.data, spec.trials, run / "eval")
     record["eval_seconds"] = round(time.perf_counter() - t1, 1)
     record["checkpoint"] = str(checkpoint)
-    record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic = record_path.with_suffix(".tmp")
+    atomic.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic.replace(record_path)
     return record
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def mip_arch_for(clip_arch: str, work: Path) -> Path:
+    """MIP's architecture on the CLIP's image tower, as a JSON file `clipmc train --model` reads."""
+    from clipmc.model.config import get_config
+    from clipmc.model.mip.config import config_for_clip_tower
+
+    clip_config = get_config(clip_arch)
+    name = "mip-synth-small" if clip_config.name == "synth-small" else f"mip-{clip_config.name}"
+    path = work / "mip-arch.json"
+    path.write_text(json.dumps({"family": "mip", **config_for_clip_tower(name, clip_config.clip["vision_cfg"])
+                                .to_dict()}, indent=2) + "\n", encoding="utf-8")  # fmt: skip
+    return path
 
 
 def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -273,31 +330,53 @@ def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
 
     if not args.clip or not Path(args.clip).is_file():
         raise BenchmarkError(f"--clip {args.clip!r}: not a file (run clipmc pretrain-clip first)")
+    if args.jobs < 1:
+        raise BenchmarkError(f"--jobs must be >= 1, got {args.jobs}")
     check_trainer_flags()
     size = tuple(get_config(args.arch).image_size)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    train_config = work / "train-config.json"
-    options = json.loads(Path(args.config).read_text(encoding="utf-8"))
-    train_config.write_text(json.dumps({**options, **plan.train_overrides}, indent=2) + "\n", encoding="utf-8")
+    families = {m: METHODS[m].family for m in plan.methods}
+    arch = {"clipmc": str(args.arch), "mip": str(mip_arch_for(args.arch, work))}
+    train_configs = {}
+    for family, source in (("clipmc", args.config), ("mip", args.mip_config)):
+        if family not in families.values():
+            continue
+        options = json.loads(Path(source).read_text(encoding="utf-8"))
+        options.pop("model", None)  # the architecture is --model (arch above)
+        train_configs[family] = work / f"train-config-{family}.json"
+        train_configs[family].write_text(json.dumps({**options, **plan.train_overrides}, indent=2) + "\n",
+                                         encoding="utf-8")  # fmt: skip
     started, load_start, t0 = dt.datetime.now(dt.timezone.utc), _load(), time.perf_counter()
     jobs: list[tuple[float, str]] = [(plan.coupling, m) for m in plan.methods]
     jobs += [(c, m) for c in plan.sweep for m in SWEEP_METHODS if (c, m) not in jobs]
-    runs, splits = [], {}
+    specs, splits = [], {}
     for coupling, method in jobs:
         data = make_data(work, plan, coupling, size)  # type: ignore[arg-type]
         splits[f"{coupling:g}"] = split_sizes(data)
-        seeds: list[int | None] = [None] if METHODS[method] is None else list(plan.seeds)
-        for seed in seeds:
-            runs.append(run_one(work, data, coupling, method, seed, args, plan, train_config))
+        family = METHODS[method].family
+        seeds: list[int | None] = [None] if METHODS[method].flags is None else list(plan.seeds)
+        specs += [RunSpec(work, data, coupling, method, seed, str(args.clip), arch[family],
+                          train_configs.get(family, Path()), plan.trials) for seed in seeds]  # fmt: skip
+    if args.jobs == 1:
+        runs = [run_one(spec) for spec in specs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:  # fmt: skip
+            runs = list(pool.map(run_one, specs))
     return {
-        "title": "CLIP-MC methods on synthetic SYSU-MM01 (SYNTHETIC data, a small CLIP pretrained on captions)",
+        "title": "Methods on synthetic SYSU-MM01 (SYNTHETIC data, a small CLIP pretrained on captions)",
         "started_utc": started.isoformat(timespec="seconds"),
         "seconds_total": round(time.perf_counter() - t0, 1),
         "load_average_1min": {"start": load_start, "end": _load()},
-        "machine": machine(),
+        "machine": {**machine(), "jobs": args.jobs},
         "clip": {"file": str(args.clip), "sha256": file_sha256(args.clip), "arch": args.arch},
-        "plan": {**asdict(plan), "train_options": json.loads(train_config.read_text())},
+        "plan": {**asdict(plan), "train_options": {f: json.loads(p.read_text()) for f, p in train_configs.items()}},
         "splits": splits,
         "runs": runs,
     }

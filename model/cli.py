@@ -29,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "TrainConfig for CLIP-MC, model/csdn/recipe.py CSDNTrainConfig, model/mip/recipe.py "
                         "MIPTrainConfig)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder: last/, best/, train_log.csv, tensorboard/")
-    p.add_argument("--model", help="architecture: vit-b-16 (default), tiny, csdn-rn50, csdn-tiny, mip-vit-b-16, "
-                                   "mip-tiny")  # fmt: skip
-    p.add_argument("--pretrained", help="'openai', a local open_clip checkpoint file, or 'none'")
+    p.add_argument("--model", help="architecture: vit-b-16 (default), tiny, synth-small, csdn-rn50, csdn-tiny, "
+                                   "mip-vit-b-16, mip-tiny, mip-synth-small, or a JSON file")  # fmt: skip
+    p.add_argument("--pretrained", help="'openai', a local open_clip checkpoint file (MIP: 'timm', a timm ViT file "
+                                        "or an open_clip CLIP file), or 'none'")  # fmt: skip
     p.add_argument("--image-size", help="H,W (default 288,144)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int)

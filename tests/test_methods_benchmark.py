@@ -73,8 +73,8 @@ def test_arguments() -> None:
 
 def test_table_and_plots_from_results_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load()
-    values = {(0.5, m): [10.0, 20.0, 30.0] for m in bench.METHODS if m != "zero-shot"}
-    values[(0.5, "zero-shot")] = [4.0]
+    values = {(0.5, m): [10.0, 20.0, 30.0] for m in bench.METHODS if bench.METHODS[m].flags is not None}
+    values[(0.5, "zero-shot")] = values[(0.5, "MIP untrained")] = [4.0]
     values[(0.0, "image-only")], values[(0.0, "CLIP-MC")] = [40.0, 42.0, 44.0], [41.0, 43.0, 45.0]
     values[(0.9, "image-only")], values[(0.9, "CLIP-MC")] = [50.0, 50.0, 50.0], [53.0, 55.0, 57.0]
     src = tmp_path / "in.json"
@@ -122,8 +122,9 @@ def test_toy_run_end_to_end(tmp_path: Path) -> None:
     from tests.test_synth_clip import TINY_ARCH
 
     generate("captions", tmp_path / "captions", 12, seed=2, size=(64, 32), progress=False)
-    arch = tmp_path / "arch.json"
-    arch.write_text(json.dumps(TINY_ARCH))
+    arch = tmp_path / "arch.json"  # 3 blocks: MIP needs a prompted block, the skipped one and its branches
+    vision = {**TINY_ARCH["clip"]["vision_cfg"], "layers": 3}
+    arch.write_text(json.dumps({**TINY_ARCH, "clip": {**TINY_ARCH["clip"], "vision_cfg": vision}}))
     clip = tmp_path / "clip.safetensors"
     pretrain(tmp_path / "captions", clip, PretrainConfig(arch=str(arch), batch_size=16, max_steps=2, warmup_steps=1,
                                                          holdout=0.25, threads=1), progress=False)  # fmt: skip
@@ -136,6 +137,8 @@ def test_toy_run_end_to_end(tmp_path: Path) -> None:
     assert {(0.9, "image-only"), (0.9, "CLIP-MC")} <= methods
     for r in result["runs"]:
         assert set(r["settings"]) == set(bench.SETTINGS)
-        assert r["method"] == "zero-shot" or r["selection"]["split"] != "test"
+        assert bench.METHODS[r["method"]].flags is None or r["selection"]["split"] != "test"
+    mip = json.loads((tmp_path / "work" / "runs-c0" / "mip-seed0" / "train" / "best" / "config.json").read_text())
+    assert mip["family"] == "mip"
     assert (tmp_path / "out" / "methods-toy.png").read_bytes()[:8] == PNG
     assert (tmp_path / "out" / "methods-toy-coupling.png").read_bytes()[:8] == PNG

@@ -146,10 +146,45 @@ def test_pretrained_vit_loads_from_a_local_file_with_the_position_embedding_resi
         assert torch.equal(model.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
         assert torch.equal(model.instance_prompt_generator.mlp.fc1.weight, vit.blocks[0].mlp.fc1.weight)
         assert torch.equal(model.global_branch[0].attn.qkv.weight, vit.blocks[-1].attn.qkv.weight)
-    with pytest.raises(PretrainedWeightsError, match="not timm ViT weights"):
+    with pytest.raises(PretrainedWeightsError, match="not timm ViT"):
         build_model("mip-tiny", pretrained=str(tmp_path / "vit.pth"), width=48, heads=2)
     with pytest.raises(PretrainedWeightsError, match="local timm ViT weights file"):
         build_model("mip-tiny", pretrained="timm")
+
+
+def test_an_open_clip_image_tower_loads_exactly_through_timms_converter(tmp_path):
+    """MIP on the synthetic CLIP (`mip-synth-small`, as mip-vit-b-16 on ImageNet weights): the open_clip
+    file's ViT image tower, converted by timm's own checkpoint filter into a pre-norm timm ViT, computes
+    what open_clip's tower computes; MIP takes its patch kernels, ln_pre and blocks."""
+    from safetensors.torch import save_file
+
+    from clipmc.model.config import get_config
+    from clipmc.model.mip.config import NAMED_CONFIGS, config_for_clip_tower
+    from clipmc.model.mip.network import load_vit_weights, new_vit
+    from clipmc.model.pretrain_clip import build_pretrain_model
+
+    config = NAMED_CONFIGS["mip-synth-small"]
+    assert config == config_for_clip_tower("mip-synth-small", get_config("synth-small").clip["vision_cfg"])
+    torch.manual_seed(5)
+    clip, _, _ = build_pretrain_model("synth-small")
+    with torch.no_grad():  # open_clip zero-initialises nothing that matters here; perturb the norms too
+        clip.visual.ln_pre.weight.uniform_(0.5, 1.5)
+        clip.visual.ln_pre.bias.uniform_(-0.2, 0.2)
+    path = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    vit = new_vit(config)
+    load_vit_weights(vit, str(path))
+    x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = vit.eval().forward_features(x)[:, 0] @ clip.visual.proj
+        theirs = clip.eval().visual(x)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    model = build_model("mip-synth-small", pretrained=str(path))
+    assert torch.equal(model.patch_embed.weight, clip.visual.conv1.weight)
+    assert torch.equal(model.patch_embed.bias, torch.zeros(128))  # a CLIP tower has no patch bias
+    assert torch.equal(model.norm_pre.weight, clip.visual.ln_pre.weight)
+    assert model.pos_embed.shape == (1, 1 + 10 * 5, 128)  # 8 x 4 at stride 16 -> 10 x 5 at stride 12
+    assert model.embed(x, torch.tensor([0, 1])).shape == (2, 640)
 
 
 # -- training groups ---------------------------------------------------------------------------------------

@@ -53,6 +53,11 @@ class MIPConfig:
     num_classes: int = 0  # training identities (classifiers); 0 for an inference-only model
     mode: str = "paper"
     normalization: str = "half"  # MIP normalises with mean 0.5, std 0.5 (as timm's ViT weights)
+    # The pretrained ViT's own layout: its input size (position-embedding grid) and whether it is a CLIP
+    # image tower (LayerNorm before the blocks, no patch bias, LayerNorm eps 1e-5), as `mip-synth-small`.
+    pretrained_size: tuple[int, int] = (224, 224)
+    pre_norm: bool = False
+    norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.mode not in MIP_MODES:
@@ -101,6 +106,7 @@ class MIPConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        d["pretrained_size"] = list(self.pretrained_size)
         d["cameras"] = list(self.cameras)
         return d
 
@@ -111,6 +117,7 @@ class MIPConfig:
         if unknown:
             raise ValueError(f"unknown MIP config keys: {sorted(unknown)}")
         d["image_size"] = tuple(d.get("image_size", (256, 128)))
+        d["pretrained_size"] = tuple(d.get("pretrained_size", (224, 224)))
         d["cameras"] = tuple(str(c) for c in d.get("cameras", ()))
         return cls(**d)
 
@@ -130,7 +137,39 @@ _TINY = MIPConfig(
     instance_tokens=4,
 )
 
-NAMED_CONFIGS: dict[str, MIPConfig] = {c.name: c for c in (_VIT_B16, _TINY)}
+
+def config_for_clip_tower(name: str, vision_cfg: dict[str, Any], **overrides: Any) -> MIPConfig:
+    """MIP on the ViT image tower of an open_clip CLIP (its open_clip ``vision_cfg``): the tower's widths,
+    input size (as the pretrained size and MIP's input), pre-norm, LayerNorm eps 1e-5 and CLIP's
+    normalisation; 8 + 8 prompt tokens per layer. The weights load from the CLIP's file (`network.build`).
+
+    Args:
+        name: the config's name.
+        vision_cfg: open_clip's vision config (``image_size``, ``layers``, ``width``, ``head_width``,
+            ``patch_size``; ``mlp_ratio`` optional).
+        overrides: other MIPConfig fields.
+    """
+    size = vision_cfg["image_size"]
+    size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    width = int(vision_cfg["width"])
+    fields: dict[str, Any] = dict(
+        name=name, timm_name=None, image_size=size, pretrained_size=size, patch_size=int(vision_cfg["patch_size"]),
+        width=width, depth=int(vision_cfg["layers"]), heads=width // int(vision_cfg.get("head_width", 64)),
+        mlp_ratio=float(vision_cfg.get("mlp_ratio", 4.0)), modality_tokens=8, instance_tokens=8,
+        normalization="clip", pre_norm=True, norm_eps=1e-5,
+    )  # fmt: skip
+    return MIPConfig(**{**fields, **overrides})
+
+
+# The same code on the image tower of the synthetic CLIP (`clipmc pretrain-clip --arch synth-small`, DESIGN.md
+# section 13): its 4-block, 128-wide ViT at 128 x 64, loaded from that open_clip weights file through timm's
+# own CLIP converter, as mip-vit-b-16 starts from ImageNet weights. Stride 12 gives a 10 x 5 grid.
+# (model.config's synth-small: vision_cfg image_size [128, 64], 4 layers, width 128, head_width 32, patch 16).
+_SYNTH_SMALL = config_for_clip_tower(
+    "mip-synth-small", {"image_size": [128, 64], "layers": 4, "width": 128, "head_width": 32, "patch_size": 16}
+)
+
+NAMED_CONFIGS: dict[str, MIPConfig] = {c.name: c for c in (_VIT_B16, _TINY, _SYNTH_SMALL)}
 
 
 def config_from_dict(d: dict[str, Any]) -> MIPConfig:

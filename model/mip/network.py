@@ -77,7 +77,8 @@ class MIP(nn.Module):
         self.patch_embed = nn.Conv2d(3, w, kernel_size=p, stride=config.stride)
         with torch.no_grad():  # the pretrained 16 x 16 kernels, applied at stride 12
             self.patch_embed.weight.copy_(vit.patch_embed.proj.weight)
-            self.patch_embed.bias.copy_(vit.patch_embed.proj.bias)
+            bias = vit.patch_embed.proj.bias  # None for a CLIP image tower: the bias then starts at zero
+            self.patch_embed.bias.copy_(bias if bias is not None else torch.zeros(w))
         from timm.layers import resample_abs_pos_embed
 
         self.cls_token = nn.Parameter(vit.cls_token.detach().clone())
@@ -87,6 +88,7 @@ class MIP(nn.Module):
         self.pos_embed = nn.Parameter(pos.clone())
         self.sie_embed = nn.Parameter(torch.empty(config.camera_map.size, 1, w))
         nn.init.trunc_normal_(self.sie_embed, std=0.02)
+        self.norm_pre = copy.deepcopy(vit.norm_pre)  # a CLIP tower's ln_pre; Identity for TransReID's ViT
         blocks = list(vit.blocks)
         self.blocks = nn.ModuleList(blocks[:-1])  # the prompted backbone
         self.global_branch = nn.Sequential(copy.deepcopy(blocks[-1]), copy.deepcopy(vit.norm))
@@ -161,7 +163,7 @@ class MIP(nn.Module):
         cam = self.camera_tensor(camera, b, images.device)
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1) + self.pos_embed
-        x = x + self.config.sie_coef * self.sie_embed[cam]
+        x = self.norm_pre(x + self.config.sie_coef * self.sie_embed[cam])
         cls, patches = x[:, :1], x[:, 1:]
         modality = modality.long()
         k = self.config.instance_tokens
@@ -223,12 +225,16 @@ class EmbeddingGraph(nn.Module):
 
 # -- builder --------------------------------------------------------------------------------------------
 def new_vit(config: MIPConfig) -> nn.Module:
-    """timm's VisionTransformer of the config's widths at its pretrained 224 x 224, stride-16 layout."""
+    """timm's VisionTransformer of the config's widths in its pretrained layout (224 x 224 at stride 16 for
+    the ImageNet ViT; a CLIP image tower's size, pre-norm and LayerNorm eps for `pre_norm` configs)."""
+    from functools import partial
+
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(img_size=224, patch_size=config.patch_size, embed_dim=config.width, depth=config.depth,
-                             num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_bias=True, num_classes=0,
-                             drop_path_rate=config.drop_path)  # fmt: skip
+    return VisionTransformer(img_size=config.pretrained_size, patch_size=config.patch_size, embed_dim=config.width,
+                             depth=config.depth, num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_bias=True,
+                             num_classes=0, drop_path_rate=config.drop_path, pre_norm=config.pre_norm,
+                             norm_layer=partial(nn.LayerNorm, eps=config.norm_eps))  # fmt: skip
 
 
 def resolve_vit_weights(config: MIPConfig, pretrained: str, cache_dir: str | None = None) -> str:
@@ -268,7 +274,9 @@ def resolve_vit_weights(config: MIPConfig, pretrained: str, cache_dir: str | Non
 
 
 def load_vit_weights(vit: nn.Module, path: str) -> None:
-    """Load a timm ViT state dict (safetensors or torch file; the 1000-class head is dropped) strictly."""
+    """Load a timm ViT state dict, or the image tower of an open_clip CLIP state dict (``visual.*`` keys,
+    converted by timm's own `checkpoint_filter_fn`), strictly; any classifier or projection head is dropped.
+    Safetensors or torch file."""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -277,11 +285,15 @@ def load_vit_weights(vit: nn.Module, path: str) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state))
+        if "visual.class_embedding" in state:  # an open_clip / OpenAI CLIP: its ViT image tower
+            from timm.models.vision_transformer import checkpoint_filter_fn
+
+            state = checkpoint_filter_fn(state, vit)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         vit.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError, OSError, AttributeError) as exc:
         raise PretrainedWeightsError(
-            f"{path}: not timm ViT weights of these widths: {str(exc).splitlines()[0]}"
+            f"{path}: not timm ViT (or open_clip CLIP ViT) weights of these widths: {str(exc).splitlines()[0]}"
         ) from exc
 
 
@@ -289,8 +301,10 @@ def build(config: MIPConfig, pretrained: str | None = None, *, cache_dir: str | 
     """MIP's builder (its model.registry entry).
 
     pretrained: None (random init), "timm" (the config's timm weights from the local cache) or a local
-    timm ViT weights file of the config's widths. The ViT is built at 224 x 224 and loaded strictly;
-    the stride-12 patch embedding takes its kernels and the position embedding is resized to the grid.
+    timm ViT weights file of the config's widths (or an open_clip CLIP file whose image tower has them).
+    The ViT is built in its pretrained layout (`pretrained_size`: 224 x 224 for ImageNet) and loaded
+    strictly; the stride-12 patch embedding takes its kernels and the position embedding is resized to
+    the grid.
     """
     vit = new_vit(config)
     if pretrained:
