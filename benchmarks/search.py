@@ -4,7 +4,7 @@ For each gallery size it generates unit vectors (float32 everywhere, NumPy inclu
 
 - single-query latency (p50, p99) and batched throughput of NumPy brute force (``X @ q`` + partial
   sort), of FAISS ``IndexFlatIP`` (the gallery's exact search until issue 15) and of the gallery's exact
-  search now (an fp16 copy scanned in parallel shards, then a proven float32 re-rank:
+  search now (an fp16 or int8 copy scanned in parallel shards, then a proven float32 re-rank:
   gallery/exact_scan.py), with its agreement with float32 exact search and its memory per item;
 - search coalescing: ``--clients`` concurrent clients through the service's ``SearchBatcher``, one query
   per search call against coalesced batches (the two modes alternating);
@@ -244,14 +244,20 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def bench_exact_fp16(
-    index: Any, queries: np.ndarray, single: np.ndarray, truth: tuple[np.ndarray, np.ndarray], args: argparse.Namespace
+def bench_exact_scan(
+    index: Any,
+    queries: np.ndarray,
+    single: np.ndarray,
+    truth: tuple[np.ndarray, np.ndarray],
+    args: argparse.Namespace,
+    codes: str,
 ) -> dict[str, Any]:
-    """The gallery's exact search (fp16 scan + proven float32 re-rank): speed, agreement with float32, memory."""
+    """The gallery's exact search (fp16 or int8 scan + proven float32 re-rank): speed, agreement with float32,
+    memory."""
     n = index.ntotal
     before = rss_bytes()
     started = time.perf_counter()
-    index.attach_scan(args.scan_shards or faiss_threads())
+    index.attach_scan(args.scan_shards or faiss_threads(), codes=codes)
     out: dict[str, Any] = {"build_s": time.perf_counter() - started, "shards": index.describe()["exact_scan"]["shards"]}
     out["bytes_per_item"] = (rss_bytes() - before) / n
     out.update(time_single(lambda q: index.search(q, TOP_K, None, n), single))
@@ -261,6 +267,7 @@ def bench_exact_fp16(
     out["same_ids"] = float(np.mean(np.all(labels == truth[1], axis=1)))
     out["max_score_diff"] = float(np.abs(scores - truth[0]).max())
     out["widened_queries"] = index.describe()["exact_scan"]["widened"]
+    out["max_error"] = index.describe()["exact_scan"].get("max_error")
     out["batched_qps"] = time_batched(lambda q: index.search(q, TOP_K, None, n), queries, args.batch)
     return out
 
@@ -359,18 +366,23 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     stats["agreement_with_numpy"] = overlap_at_k(truth[1][:50], numpy_search(vectors, queries[:50]))
     result["faiss_flat"] = stats
     logger.info("n=%d faiss flat: %s", n, result["faiss_flat"])
-    result["exact_fp16"] = bench_exact_fp16(master, queries, single, truth, args)
-    logger.info("n=%d fp16 exact scan: %s", n, result["exact_fp16"])
+    for codes in ("fp16", "int8"):
+        result[f"exact_{codes}"] = bench_exact_scan(master, queries, single, truth, args, codes)
+        logger.info("n=%d %s exact scan: %s", n, codes, result[f"exact_{codes}"])
+        if codes == "fp16":
+            master.detach_scan()  # one copy at a time, so each one's memory is measured alone
+            gc.collect()
     result["numpy_again"] = time_single(lambda q: numpy_search(vectors, q), single)  # drift check
-    result["exact_vs_numpy"] = result["exact_fp16"]["p50_ms"] / float(
-        np.mean([result["numpy"]["p50_ms"], result["numpy_again"]["p50_ms"]])
-    )
+    numpy_p50 = float(np.mean([result["numpy"]["p50_ms"], result["numpy_again"]["p50_ms"]]))
+    result["exact_vs_numpy"] = result["exact_fp16"]["p50_ms"] / numpy_p50
+    result["exact_int8_vs_numpy"] = result["exact_int8"]["p50_ms"] / numpy_p50
     result["coalescing"] = bench_coalescing(master, queries, args)
-    master.detach_scan()  # the fp16 copy is freed before IVF takes its memory
+    master.detach_scan()  # the scan copy is freed before IVF takes its memory
     gc.collect()
     result["ivf"] = bench_ivf(vectors, queries, single, truth[1], args)
     result["ivf"]["speedup_vs_exact"] = [
-        round(result["exact_fp16"]["p50_ms"] / p["p50_ms"], 1) for p in result["ivf"]["nprobe"]
+        round(min(result["exact_fp16"]["p50_ms"], result["exact_int8"]["p50_ms"]) / p["p50_ms"], 1)
+        for p in result["ivf"]["nprobe"]
     ]
     gc.collect()
     if n <= args.ingest_max:
@@ -439,16 +451,13 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
     for r in results:
         n, f32 = r["n"], r.get("float32_bytes_per_item")
-        e = r["exact_fp16"]
         row(n, "NumPy brute force (float32)", r["numpy"], memory=f32)
         row(n, "FAISS IndexFlatIP (the gallery's exact search before)", r["faiss_flat"], memory=f32)
-        row(
-            n,
-            f"gallery exact: fp16 scan x{e['shards']} + float32 re-rank",
-            e,
-            f"{e['recall_at_10']:.3f}",
-            (f32 or 0) + e["bytes_per_item"],
-        )
+        for codes in ("fp16", "int8"):
+            e = r.get(f"exact_{codes}")
+            if e:
+                name = f"gallery exact: {codes} scan x{e['shards']} + float32 re-rank"
+                row(n, name, e, f"{e['recall_at_10']:.3f}", (f32 or 0) + e["bytes_per_item"])
         for p in r["ivf"]["nprobe"]:
             name = f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}"
             row(n, name, p, f"{p['recall_at_10']:.3f}", r["ivf"].get("bytes_per_item"))
@@ -463,22 +472,26 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
             row(n, name + " + modality filter", g["search_filtered"], recall)
     lines += [
         "",
-        "Ratios (same run): exact = the gallery's exact search (fp16 scan + proven float32 re-rank).",
+        "Ratios (same run): exact = the gallery's exact search (fp16 or int8 scan + proven float32 re-rank); "
+        "NumPy p50 is the mean of its measurements before and after the scans. IVF speed-up: over the faster "
+        "exact scan.",
         "",
-        "| gallery | exact p50 / NumPy p50 | exact p50 / IndexFlatIP p50 | same top-10 ids as float32 | max score diff "
-        "| queries widened | IVF speed-up over exact p50 (nprobe: recall@10) |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| gallery | codes | exact p50 / NumPy p50 | exact p50 / IndexFlatIP p50 | same top-10 ids as float32 "
+        "| max score diff | queries widened | IVF speed-up over exact p50 (nprobe: recall@10) |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        e = r["exact_fp16"]
         ivf = ", ".join(
             f"x{sp} ({p['nprobe']}: {p['recall_at_10']:.3f})"
             for sp, p in zip(r["ivf"]["speedup_vs_exact"], r["ivf"]["nprobe"], strict=True)
         )
-        lines.append(
-            f"| {r['n']:,} | {r['exact_vs_numpy']:.2f} | {e['p50_ms'] / r['faiss_flat']['p50_ms']:.2f} | "
-            f"{e['same_ids']:.3f} | {e['max_score_diff']:.1e} | {e['widened_queries']} | {ivf} |"
-        )
+        for codes, ratio in (("fp16", "exact_vs_numpy"), ("int8", "exact_int8_vs_numpy")):
+            e = r.get(f"exact_{codes}")
+            if e:
+                lines.append(
+                    f"| {r['n']:,} | {codes} | {r[ratio]:.2f} | {e['p50_ms'] / r['faiss_flat']['p50_ms']:.2f} | "
+                    f"{e['same_ids']:.3f} | {e['max_score_diff']:.1e} | {e['widened_queries']} | {ivf} |"
+                )
     lines += [
         "",
         "Search coalescing (service/search_batching.py): concurrent clients, each sending its next query when "
@@ -500,7 +513,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "Gallery.search includes the filter mask and fetching the hits' items from SQLite. "
         "*: recall@10 the gallery measured itself when it built the index (100 stored vectors as queries, "
         "each query's own item left out). Bytes / item: growth of the process's resident memory while the index "
-        "was filled, divided by the items (the exact row: float32 master + fp16 copy).",
+        "was filled, divided by the items (the exact rows: float32 master + the fp16 or int8 copy).",
         "",
         "| gallery | ingest items/s (Gallery.add) | snapshot s | reopen s | SQLite GB | FAISS IVF build s "
         "| gallery switch to IVF s |",
@@ -531,6 +544,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     left.plot(sizes, [r["numpy"]["p50_ms"] for r in results], "o-", label="NumPy brute force")
     left.plot(sizes, [r["faiss_flat"]["p50_ms"] for r in results], "s-", label="FAISS IndexFlatIP")
     left.plot(sizes, [r["exact_fp16"]["p50_ms"] for r in results], "*-", label="gallery exact (fp16 + re-rank)")
+    if all("exact_int8" in r for r in results):
+        left.plot(sizes, [r["exact_int8"]["p50_ms"] for r in results], "P-", label="gallery exact (int8 + re-rank)")
     if all("gallery_search" in r for r in results):
         left.plot(sizes, [r["gallery_search"]["p50_ms"] for r in results], "^-", label="Gallery.search (exact)")
     ivf_points = [(r["n"], r["gallery_ivf"]["search"]["p50_ms"]) for r in results if "gallery_ivf" in r]
@@ -575,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gallery-ivf-min", type=int, default=100_000, help="from this size, also time the gallery's own IVF switch"
     )
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's)")
-    parser.add_argument("--scan-shards", type=int, default=None, help="fp16 exact scan shards (default: threads)")
+    parser.add_argument("--scan-shards", type=int, default=None, help="exact scan shards (default: threads)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the coalescing test")
     parser.add_argument("--coalesce-queries", type=int, default=192, help="queries per coalescing run")
     parser.add_argument("--coalesce-repeats", type=int, default=2, help="alternating repeats of the two modes")

@@ -1,4 +1,4 @@
-"""Exact top-k at memory bandwidth: an fp16 scan of the gallery, then a float32 re-rank that is proven exact.
+"""Exact top-k at memory bandwidth: an fp16 or int8 scan of the gallery, then a float32 re-rank proven exact.
 
 Exact search over a flat index is bound by reading the vectors: 1M x 1280 float32 is 5 GB per query.
 FAISS's ``IndexFlatIP`` also scans with one thread per query. This scan keeps a second copy of the
@@ -18,8 +18,20 @@ For d = 1280 eps is about 6.4e-4 in cosine, far below the gaps between a query's
 neighbours in practice, so the widening is rare; tests/test_gallery_exact_scan.py checks ids and scores
 against float32 exact search, with filters, including galleries built to need the widening.
 
+int8 codes (``codes="int8"``: FAISS ``QT_8bit``, a trained [min, max] per dimension, d bytes per item) read
+half the bytes of fp16 again. Their error has no closed form (a vector may fall outside the trained
+ranges and be clipped), so it is measured: every added vector is encoded and decoded, and the largest
+``E = |x - decode(encode(x))|`` so far is kept. By Cauchy-Schwarz an int8 score is within ``|q| E`` of the
+exact score of the decoded vector, plus float32 accumulation in the scan and the re-rank (bounded by
+``4 d 2**-24 |q| (|x|max + E)``, twice the fp16 term, which also covers a SIMD decode differing from
+``sa_decode`` by an ulp); the proof and the widening are then as for fp16. The ranges are trained on the
+gallery's vectors when the scan is built (a sample of up to 65,536; +-2% margin), or set to +-4/sqrt(d)
+while fewer than 1,024 exist; a later vector outside them only raises E (more widening, never a wrong
+answer), and reopening the gallery trains them again. For unit vectors in 1280-d, E is about 0.01.
+
 Filters use the same ``IDSelectorBitmap`` as every other search: ``IndexIDMap2`` translates it for each
-shard. Memory: 2 d bytes per item on top of the master's 4 d (1280-d: 7.7 KB instead of 5.1 KB).
+shard. Memory on top of the master's 4 d bytes per item: 2 d (fp16) or d (int8); 1280-d: 7.7 or 6.4 KB
+per item instead of 5.1 KB.
 """
 
 from __future__ import annotations
@@ -37,6 +49,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CANDIDATES = 256
 #: Rows added to the shards at a time when copying the master (bounds the temporary memory).
 _COPY_ROWS = 65536
+#: Code formats of the scan copy.
+CODES = ("fp16", "int8")
+#: int8: fewest vectors to train the per-dimension ranges on, most to sample, and the range margin.
+_MIN_TRAIN, _MAX_TRAIN, _RANGE_MARGIN = 1024, 65536, 0.02
 
 
 def fp16_error_bound(query_norms: np.ndarray, max_norm: float, dim: int) -> np.ndarray:
@@ -45,8 +61,16 @@ def fp16_error_bound(query_norms: np.ndarray, max_norm: float, dim: int) -> np.n
     return (query_norms * relative).astype(np.float64)
 
 
-class Fp16ExactScan:
-    """An fp16 copy of a flat index, sharded for parallel scans, that answers exact top-k with its master.
+def int8_error_bound(query_norms: np.ndarray, max_norm: float, max_error: float, dim: int) -> np.ndarray:
+    """The largest difference between a query's int8-scan score and its float32 score, given the largest
+    measured reconstruction error ``max_error`` of the stored vectors (see module doc)."""
+    relative = max_error + 4.0 * dim * 2.0**-24 * (max_norm + max_error)
+    return (query_norms * relative).astype(np.float64)
+
+
+class ExactScan:
+    """An fp16 or int8 copy of a flat index, sharded for parallel scans, that answers exact top-k with its
+    master.
 
     The shards are searched by a small thread pool (FAISS releases the GIL while it searches) rather than
     by ``faiss.IndexShards``: each shard's ``IndexIDMap2`` swaps a translated selector into the search
@@ -54,28 +78,66 @@ class Fp16ExactScan:
     Here every shard gets its own ``SearchParameters`` around the same read-only selector.
     """
 
-    def __init__(self, dim: int, shards: int, candidates: int = DEFAULT_CANDIDATES) -> None:
+    def __init__(
+        self,
+        dim: int,
+        shards: int,
+        candidates: int = DEFAULT_CANDIDATES,
+        codes: str = "fp16",
+        training: np.ndarray | None = None,
+    ) -> None:
+        """Args:
+        dim: vector dimension.
+        shards: parallel shards (threads one query is scanned with).
+        candidates: candidates per query from the scan before the exact re-rank.
+        codes: "fp16" or "int8".
+        training: int8 only: vectors to train the per-dimension ranges on (fewer than 1,024: +-4/sqrt(d)).
+        """
+        if codes not in CODES:
+            raise ValueError(f"codes must be one of {CODES}, got {codes!r}")
         self.dim = int(dim)
+        self.codes = codes
         self.candidates = max(1, int(candidates))
+        qtype = faiss.ScalarQuantizer.QT_fp16 if codes == "fp16" else faiss.ScalarQuantizer.QT_8bit
         self._parts = [
-            faiss.IndexIDMap2(
-                faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-            )
+            faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT))
             for _ in range(max(1, int(shards)))
         ]
+        if codes == "int8":
+            self._train_ranges(training)
         self._pool = ThreadPoolExecutor(len(self._parts), "clipmc-scan") if len(self._parts) > 1 else None
         self.max_norm = 0.0
+        self.max_error = 0.0  # int8: the largest measured |x - decode(encode(x))| of an added vector
         self.widened = 0  # queries whose first candidate list could not be proven complete (for logs/tests)
 
+    def _train_ranges(self, training: np.ndarray | None) -> None:
+        """The same per-dimension [min, max] (with a margin) for every shard's int8 quantizer."""
+        if training is None or len(training) < _MIN_TRAIN:
+            r = 4.0 / np.sqrt(self.dim)  # unit vectors: components about N(0, 1/d); measured E covers the rest
+            training = np.stack([np.full(self.dim, r), np.full(self.dim, -r)])
+        training = np.ascontiguousarray(training, dtype=np.float32)
+        for part in self._parts:
+            quantizer = faiss.downcast_index(part.index)
+            quantizer.sq.rangestat_arg = _RANGE_MARGIN
+            quantizer.train(training)
+
     @classmethod
-    def from_flat(cls, master: faiss.IndexIDMap2, shards: int, candidates: int = DEFAULT_CANDIDATES) -> Fp16ExactScan:
-        """Build the fp16 copy of a flat ``IndexIDMap2(IndexFlatIP)`` (reading its storage in place)."""
-        scan = cls(master.d, shards, candidates)
+    def from_flat(
+        cls, master: faiss.IndexIDMap2, shards: int, candidates: int = DEFAULT_CANDIDATES, codes: str = "fp16"
+    ) -> ExactScan:
+        """Build the fp16 or int8 copy of a flat ``IndexIDMap2(IndexFlatIP)`` (reading its storage in place;
+        int8 ranges trained on an evenly spaced sample of it)."""
         n = int(master.ntotal)
+        vectors = ids = None
         if n:
             flat = faiss.downcast_index(master.index)
             vectors = faiss.rev_swig_ptr(flat.get_xb(), n * master.d).reshape(n, master.d)
             ids = faiss.vector_to_array(master.id_map)
+        training = None
+        if codes == "int8" and vectors is not None:
+            training = vectors[np.linspace(0, n - 1, min(n, _MAX_TRAIN)).astype(np.int64)]
+        scan = cls(master.d, shards, candidates, codes, training)
+        if vectors is not None:
             for start in range(0, n, _COPY_ROWS):
                 scan.add(ids[start : start + _COPY_ROWS], vectors[start : start + _COPY_ROWS])
         return scan
@@ -93,6 +155,12 @@ class Fp16ExactScan:
         if not len(ids):
             return
         self.max_norm = max(self.max_norm, float(np.linalg.norm(vectors, axis=1).max()))
+        if self.codes == "int8":
+            quantizer = faiss.downcast_index(self._parts[0].index)
+            x = np.ascontiguousarray(vectors, dtype=np.float32)
+            decoded = quantizer.sa_decode(quantizer.sa_encode(x))
+            error = np.linalg.norm(x.astype(np.float64) - decoded.astype(np.float64), axis=1).max()
+            self.max_error = max(self.max_error, float(error))
         emptiest_first = sorted(self._parts, key=lambda part: part.ntotal)
         pieces = np.array_split(np.arange(len(ids)), len(self._parts))  # largest pieces first
         for part, rows in zip(emptiest_first, pieces, strict=True):
@@ -112,8 +180,15 @@ class Fp16ExactScan:
             self._pool.shutdown(wait=False)
             self._pool = None
 
+    def error_bound(self, queries: np.ndarray) -> np.ndarray:
+        """Per query, the largest difference between its scan score and its float32 score."""
+        norms = np.linalg.norm(queries, axis=1)
+        if self.codes == "fp16":
+            return fp16_error_bound(norms, self.max_norm, self.dim)
+        return int8_error_bound(norms, self.max_norm, self.max_error, self.dim)
+
     def _scan(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` fp16 scores over all shards, in parallel, merged."""
+        """Top-``k`` scan scores over all shards, in parallel, merged."""
 
         def one(part: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
@@ -141,7 +216,7 @@ class Fp16ExactScan:
         nq = len(queries)
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = np.full((nq, k), -1, dtype=np.int64)
-        bound = fp16_error_bound(np.linalg.norm(queries, axis=1), self.max_norm, self.dim)
+        bound = self.error_bound(queries)
         rows = np.arange(nq)
         wanted = max(k, self.candidates)
         first = True
@@ -184,4 +259,7 @@ class Fp16ExactScan:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"codes": "fp16", "shards": self.shards, "candidates": self.candidates, "widened": self.widened}
+        out = {"codes": self.codes, "shards": self.shards, "candidates": self.candidates, "widened": self.widened}
+        if self.codes == "int8":
+            out["max_error"] = round(self.max_error, 6)
+        return out

@@ -439,8 +439,8 @@ class FaissGallery(BaseGallery):
                 "use_gpu=True but this FAISS build has no GPU%s or sees no GPU: searching on the CPU",
                 " with cuVS (CAGRA: pip install faiss-gpu-cuvs)" if self.config.gpu_index == "cagra" else "",
             )
-        if index.kind == "flat" and self.config.exact_scan == "fp16":
-            index.attach_scan(self.config.shards(), self.config.scan_candidates)
+        if index.kind == "flat" and self.config.exact_scan != "float32":
+            index.attach_scan(self.config.shards(), self.config.scan_candidates, self.config.exact_scan)
 
     def _ensure_index(self) -> VectorIndex:
         if self._index is None:  # read-only galleries build theirs on first use

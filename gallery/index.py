@@ -31,7 +31,7 @@ import numpy as np
 
 from clipmc.gallery.cagra import CAGRA_MAX_K, CagraIndex
 from clipmc.gallery.errors import GalleryError
-from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, Fp16ExactScan
+from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class IndexConfig:
     approximate, recall@10 measured when built: ``gallery/cagra.py``).
     ``exact_scan="fp16"`` answers exact (flat) searches from an fp16 copy scanned in ``scan_shards``
     parallel shards and re-ranked in float32, with the same result as float32 search
-    (``exact_scan.Fp16ExactScan``); ``"float32"`` searches the ``IndexFlatIP`` alone (less memory).
+    (``exact_scan.ExactScan``); ``"int8"`` does the same from 8-bit codes (half the bytes of fp16, its
+    error measured per vector); ``"float32"`` searches the ``IndexFlatIP`` alone (least memory).
     """
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
@@ -86,7 +87,7 @@ class IndexConfig:
     cagra_graph_degree: int = 64
     recall_queries: int = 100
     seed: int = 1234
-    exact_scan: Literal["fp16", "float32"] = "fp16"
+    exact_scan: Literal["fp16", "int8", "float32"] = "fp16"
     scan_shards: int | None = None
     scan_candidates: int = DEFAULT_CANDIDATES
 
@@ -102,8 +103,8 @@ class IndexConfig:
             raise GalleryError(f"gpu_index must be 'copy' or 'cagra', got {self.gpu_index!r}")
         if self.cagra_graph_degree < 8:
             raise GalleryError("cagra_graph_degree must be at least 8")
-        if self.exact_scan not in ("fp16", "float32"):
-            raise GalleryError(f"exact_scan must be 'fp16' or 'float32', got {self.exact_scan!r}")
+        if self.exact_scan not in ("fp16", "int8", "float32"):
+            raise GalleryError(f"exact_scan must be 'fp16', 'int8' or 'float32', got {self.exact_scan!r}")
         if self.scan_shards is not None and self.scan_shards < 1:
             raise GalleryError("scan_shards must be at least 1")
         if self.scan_candidates < 1:
@@ -150,7 +151,7 @@ class VectorIndex:
         self._gpu_device = 0
         self._cagra: CagraIndex | None = None
         self.gpu_stale = False  # a CAGRA graph was dropped by a write and waits for a rebuild
-        self._scan: Fp16ExactScan | None = None
+        self._scan: ExactScan | None = None
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -186,17 +187,18 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         faiss.write_index(self.cpu, str(path))
 
-    # -- fp16 exact scan --------------------------------------------------------------------------
+    # -- exact scan (fp16 or int8 codes) --------------------------------------------------------------------------
 
-    def attach_scan(self, shards: int, candidates: int = DEFAULT_CANDIDATES) -> None:
-        """Answer exact searches from an fp16 copy of this flat index (built from it now, kept in step)."""
+    def attach_scan(self, shards: int, candidates: int = DEFAULT_CANDIDATES, codes: str = "fp16") -> None:
+        """Answer exact searches from an fp16 or int8 copy of this flat index (built from it now, kept in
+        step)."""
         if self.kind != "flat":
-            raise GalleryError("the fp16 exact scan is for flat indexes")
-        self._scan = Fp16ExactScan.from_flat(self.cpu, shards, candidates)
-        logger.info("fp16 exact scan over %d vectors in %d shards", self._scan.ntotal, self._scan.shards)
+            raise GalleryError("the exact scan is for flat indexes")
+        self._scan = ExactScan.from_flat(self.cpu, shards, candidates, codes)
+        logger.info("%s exact scan over %d vectors in %d shards", codes, self._scan.ntotal, self._scan.shards)
 
     def detach_scan(self) -> None:
-        """Stop using (and free) the fp16 copy: exact searches go to the float32 index again."""
+        """Stop using (and free) the scan copy: exact searches go to the float32 index again."""
         if self._scan is not None:
             self._scan.close()
             self._scan = None
@@ -262,7 +264,7 @@ class VectorIndex:
         self._gpu_resources = None
 
     def release(self) -> None:
-        """Drop the GPU copy and stop the fp16 scan's threads (an index being replaced or closed)."""
+        """Drop the GPU copy and stop the exact scan's threads (an index being replaced or closed)."""
         self.release_gpu()
         self.detach_scan()
 

@@ -1,4 +1,5 @@
-"""The fp16 exact scan (gallery/exact_scan.py) returns what float32 exact search returns: ids and scores."""
+"""The exact scan (gallery/exact_scan.py), from fp16 or int8 codes, returns what float32 exact search returns:
+ids and scores."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from clipmc.gallery import BaseGallery, Filters, IndexConfig, Item, open_gallery
-from clipmc.gallery.exact_scan import Fp16ExactScan, fp16_error_bound
+from clipmc.gallery.exact_scan import ExactScan, fp16_error_bound, int8_error_bound
 from clipmc.gallery.index import VectorIndex, selector_from_mask
 from tests.test_gallery import unit_vectors
 
@@ -58,7 +59,10 @@ def near_duplicates(rng: np.random.Generator, n: int, dim: int, spread: float) -
 @pytest.mark.parametrize("shards", [1, 3])
 @pytest.mark.parametrize("candidates", [1, 8, 256])
 @pytest.mark.parametrize("spread", [1.0, 1e-3])
-def test_same_ids_and_scores_as_float32_exact_with_filters(shards: int, candidates: int, spread: float) -> None:
+@pytest.mark.parametrize("codes", ["fp16", "int8"])
+def test_same_ids_and_scores_as_float32_exact_with_filters(
+    shards: int, candidates: int, spread: float, codes: str
+) -> None:
     rng = np.random.default_rng(shards * 100 + candidates)
     dim, n = 48, 1500
     vectors = near_duplicates(rng, n, dim, spread) if spread < 1 else unit_vectors(rng, n, dim)
@@ -66,7 +70,7 @@ def test_same_ids_and_scores_as_float32_exact_with_filters(shards: int, candidat
     queries = np.concatenate([unit_vectors(rng, 6, dim), vectors[:4] + 1e-4])
     index = VectorIndex.flat(dim)
     index.add(ids[:700], vectors[:700])
-    index.attach_scan(shards, candidates)  # built from what is there, then kept in step
+    index.attach_scan(shards, candidates, codes)  # built from what is there, then kept in step
     for start in range(700, n, 97):
         index.add(ids[start : start + 97], vectors[start : start + 97])
     masks = {
@@ -97,7 +101,7 @@ def test_the_proof_widens_when_fp16_cannot_separate_the_top_k() -> None:
     vectors = near_duplicates(rng, n, dim, 2e-4)
     ids = np.arange(n, dtype=np.int64)
     queries = vectors[:5].copy()
-    scan = Fp16ExactScan(dim, shards=2, candidates=8)
+    scan = ExactScan(dim, shards=2, candidates=8)
     master = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     master.add_with_ids(vectors, ids)
     scan.add(ids, vectors)
@@ -120,7 +124,56 @@ def test_error_bound_covers_the_fp16_scores() -> None:
     assert bound.max() < 1e-3  # small enough to prove nearly every query with 256 candidates
 
 
-def test_gallery_fp16_scan_equals_float32_gallery(tmp_path: Path) -> None:
+def test_int8_error_bound_covers_the_int8_scores_also_for_clipped_vectors() -> None:
+    """Ranges trained on one half; the other half is scaled up to fall outside them (clipped): the
+    measured reconstruction error, and with it the bound, covers every score of the scan."""
+    rng = np.random.default_rng(4)
+    dim = 256
+    x = unit_vectors(rng, 3000, dim)
+    x[1500:, :8] *= 6.0  # large components in a few dimensions: outside the trained ranges
+    q = unit_vectors(rng, 8, dim)
+    scan = ExactScan(dim, shards=1, codes="int8", training=x[:1500])
+    ids = np.arange(3000, dtype=np.int64)
+    scan.add(ids[:1500], x[:1500])
+    inside = scan.max_error
+    scan.add(ids[1500:], x[1500:])
+    assert scan.max_error > inside  # the clipped vectors raised the measured error
+    approx, labels = scan._scan(q, 3000, None)
+    exact = np.take_along_axis(q @ x.T, labels, axis=1)
+    bound = int8_error_bound(np.linalg.norm(q, axis=1), scan.max_norm, scan.max_error, dim)
+    assert (np.abs(approx - exact) <= bound[:, None]).all()
+    np.testing.assert_allclose(bound, scan.error_bound(q))
+    # Untrained (too few vectors): +-4/sqrt(d) ranges, still exact through the measured error.
+    small = ExactScan(dim, shards=1, codes="int8", training=x[:10])
+    assert small.describe()["codes"] == "int8" and small.max_error == 0.0
+    with pytest.raises(ValueError, match="codes"):
+        ExactScan(dim, shards=1, codes="int4")
+
+
+def test_int8_scan_proves_the_top_k_on_embedding_like_data() -> None:
+    """On unit vectors in 1280-d the measured int8 error is about 0.01 and 256 candidates prove the top-10
+    of most queries without widening."""
+    rng = np.random.default_rng(8)
+    dim, n = 1280, 5000
+    centres = unit_vectors(rng, 500, dim)
+    x = centres[rng.integers(0, 500, n)] + 0.8 * unit_vectors(rng, n, dim)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64)
+    index = VectorIndex.flat(dim)
+    index.add(ids, x)
+    index.attach_scan(2, codes="int8")
+    queries = x[:20] + 0.01
+    found = index.search(queries[:1], 10, None, n)
+    assert_same(found, float32_exact(x, ids, queries[:1], 10, None))
+    for q in queries[1:]:
+        index.search(q[None], 10, None, n)
+    info = index.describe()["exact_scan"]
+    assert info["codes"] == "int8" and 0 < info["max_error"] < 0.02
+    assert info["widened"] <= 2
+
+
+@pytest.mark.parametrize("codes", ["fp16", "int8"])
+def test_gallery_scan_equals_float32_gallery(tmp_path: Path, codes: str) -> None:
     """Two galleries with the same items, one per exact_scan setting: same hits, also after reopening."""
     rng = np.random.default_rng(11)
     dim, n = 32, 600
@@ -141,12 +194,16 @@ def test_gallery_fp16_scan_equals_float32_gallery(tmp_path: Path) -> None:
         np.testing.assert_allclose(a[1], b[1], atol=1e-5, rtol=0)
 
     with (
-        open_gallery(tmp_path / "fp16", dim, VERSION, index=IndexConfig(kind="flat", scan_shards=2)) as fast,
+        open_gallery(
+            tmp_path / "scan", dim, VERSION, index=IndexConfig(kind="flat", scan_shards=2, exact_scan=codes)
+        ) as fast,
         open_gallery(tmp_path / "f32", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32")) as slow,
     ):
         fast.add(items)
         slow.add(items)
-        assert fast.stats()["index"]["exact_scan"] == {"codes": "fp16", "shards": 2, "candidates": 256, "widened": 0}
+        scan = fast.stats()["index"]["exact_scan"]
+        assert {k: scan[k] for k in ("codes", "shards", "candidates", "widened")} == {
+            "codes": codes, "shards": 2, "candidates": 256, "widened": 0}  # fmt: skip
         assert slow.stats()["index"]["exact_scan"] is None
         assert_hits_equal(hits(fast), hits(slow))
         fast.remove(list(range(1, 200, 3)))
@@ -154,7 +211,7 @@ def test_gallery_fp16_scan_equals_float32_gallery(tmp_path: Path) -> None:
         expected = hits(slow)
         assert_hits_equal(hits(fast), expected)
     with open_gallery(
-        tmp_path / "fp16", index=IndexConfig(kind="flat", scan_shards=2)
+        tmp_path / "scan", index=IndexConfig(kind="flat", scan_shards=2, exact_scan=codes)
     ) as reopened:  # from the snapshot
         assert reopened.stats()["index"]["exact_scan"]["shards"] == 2
         assert_hits_equal(hits(reopened), expected)
