@@ -358,6 +358,7 @@ def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         seeds: list[int | None] = [None] if METHODS[method].flags is None else list(plan.seeds)
         specs += [RunSpec(work, data, coupling, method, seed, str(args.clip), arch[family],
                           train_configs.get(family, Path()), plan.trials) for seed in seeds]  # fmt: skip
+    threads = None
     if args.jobs == 1:
         runs = [run_one(spec) for spec in specs]
     else:
@@ -374,7 +375,7 @@ def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "started_utc": started.isoformat(timespec="seconds"),
         "seconds_total": round(time.perf_counter() - t0, 1),
         "load_average_1min": {"start": load_start, "end": _load()},
-        "machine": {**machine(), "jobs": args.jobs},
+        "machine": {**machine(), "jobs": args.jobs, "threads_per_job": threads},
         "clip": {"file": str(args.clip), "sha256": file_sha256(args.clip), "arch": args.arch},
         "plan": {**asdict(plan), "train_options": {f: json.loads(p.read_text()) for f, p in train_configs.items()}},
         "splits": splits,
@@ -442,12 +443,24 @@ def markdown(results: dict[str, Any]) -> str:
     load = results["load_average_1min"]
     lines += [
         "",
-        f"Run time {results['seconds_total'] / 60:.1f} min in all (per run: `train_seconds`, `eval_seconds` in the "
-        f"JSON), started {results['started_utc']} on {mach['cpu']} ({mach['cores']} cores, torch "
-        f"{mach['torch_threads']} threads), 1-min load average {load['start']} at the start, {load['end']} at "
+        f"Run time {results['seconds_total'] / 60:.1f} min for this invocation (runs finished by an earlier one "
+        f"are read back); the runs' own training and evaluation took {_run_minutes(results):.0f} minutes "
+        f"summed over runs (per run: `train_seconds`, `eval_seconds` in the "
+        f"JSON), started {results['started_utc']} on {mach['cpu']} ({mach['cores']} cores; {_threads_text(mach)}), "
+        f"1-min load average {load['start']} at the start, {load['end']} at "
         "the end (a shared machine).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _run_minutes(results: dict[str, Any]) -> float:
+    return sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in results["runs"]) / 60
+
+
+def _threads_text(mach: dict[str, Any]) -> str:
+    if mach.get("jobs", 1) > 1:
+        return f"{mach['jobs']} runs in parallel, {mach.get('threads_per_job') or '?'} torch thread(s) each"
+    return f"one run at a time, {mach['torch_threads']} torch threads"
 
 
 def _split_text(results: dict[str, Any], coupling: str) -> str:
