@@ -235,6 +235,10 @@ class BaseGallery(abc.ABC):
                     "embeddings (norm 1) so that inner products are cosine similarities"
                 )
 
+    def max_kept_id(self, adding: int) -> int:
+        """The largest id an item may keep (``keep_ids``) when ``adding`` items are being added."""
+        return MAX_ITEM_ID
+
     def _item_vectors(self, items: Sequence[Item], *, keep_ids: bool = False) -> np.ndarray:
         """Stack the items' vectors into a checked ``[n, dim]`` float32 array (and check ids to be kept)."""
         for position, item in enumerate(items):
@@ -246,6 +250,12 @@ class BaseGallery(abc.ABC):
                 raise GalleryError(
                     f"item {position} has id {item.id}, above 2**53-1 (ids must stay exact in JavaScript); "
                     "import it with new ids"
+                )
+            if keep_ids and item.id > self.max_kept_id(len(items)):  # type: ignore[operator]
+                raise GalleryError(
+                    f"item {position} has id {item.id}, above the {self.max_kept_id(len(items))} this "
+                    f"{type(self).__name__} can keep (its filters are arrays indexed by id); import with new "
+                    "ids (`clipmc gallery import --ids new`, or keep_ids=False)"
                 )
             if item.vector is None:
                 raise GalleryError(f"item {position} has no vector")

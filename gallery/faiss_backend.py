@@ -69,6 +69,10 @@ def _lock_directory(path: Path) -> int | None:
     return fd
 
 
+#: The smallest id space a FAISS gallery always accepts for kept ids (see FaissGallery.max_kept_id).
+KEPT_ID_FLOOR = 2**20
+
+
 class _FilterColumns:
     """The filterable fields of the indexed items as arrays indexed by item id.
 
@@ -454,6 +458,11 @@ class FaissGallery(BaseGallery):
         return self._index
 
     # -- writes -----------------------------------------------------------------------------------
+
+    def max_kept_id(self, adding: int) -> int:
+        """Kept ids stay within 8x the items (at least 2**20): the filter columns are dense arrays indexed by
+        id, so an export with sparse 53-bit ids (Milvus) would otherwise allocate petabytes."""
+        return max(KEPT_ID_FLOOR, 8 * (int(self._columns.count) + int(adding)))
 
     def add(self, items: Iterable[Item], *, embedding_version: str | None = None, keep_ids: bool = False) -> AddResult:
         """Store a batch in one transaction; durable when this returns. Idempotent on ``external_id``.

@@ -16,6 +16,7 @@ checksums let an import refuse a truncated or altered copy.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ def export_gallery(gallery: BaseGallery, out_dir: str | os.PathLike[str], *, bat
     out.mkdir(parents=True, exist_ok=True)
     items_file = _HashingWriter(out / ITEMS_NAME)
     vectors_file = _HashingWriter(out / VECTORS_NAME)
-    count = 0
+    count = max_id = 0
     try:
         with tqdm(desc="export", unit="item", disable=None, leave=False) as bar:
             for batch in gallery.iter_items(batch_size, with_vectors=True):
@@ -82,6 +83,7 @@ def export_gallery(gallery: BaseGallery, out_dir: str | os.PathLike[str], *, bat
                 vectors = np.stack([item.vector for item in batch]).astype("<f4", copy=False)  # type: ignore[misc]
                 vectors_file.write(vectors.tobytes())
                 count += len(batch)
+                max_id = max(max_id, *(int(item.id or 0) for item in batch))
                 bar.update(len(batch))
     finally:
         items_file.close()
@@ -92,6 +94,7 @@ def export_gallery(gallery: BaseGallery, out_dir: str | os.PathLike[str], *, bat
         "dim": gallery.dim,
         "embedding_version": gallery.embedding_version,
         "count": count,
+        "max_id": max_id,  # what an importer checks before keeping the ids
         "vectors": {"file": VECTORS_NAME, "dtype": "<f4", "shape": [count, gallery.dim]},
         "items": {"file": ITEMS_NAME},
         "sha256": {ITEMS_NAME: items_file.sha256.hexdigest(), VECTORS_NAME: vectors_file.sha256.hexdigest()},
@@ -182,11 +185,21 @@ def import_gallery(
     gallery._check_version(manifest["embedding_version"])
     if int(manifest["dim"]) != gallery.dim:
         raise DimensionMismatchError(f"the export holds dimension {manifest['dim']}, the gallery {gallery.dim}")
+    batches = iter_export(src_dir, batch_size, verify=False)
+    first = next(batches, None)
     if keep_ids is None:
-        keep_ids = int(gallery.stats()["count"]) == 0
+        # Keep the exported ids into an empty gallery, unless they are more than it can keep (a FAISS gallery
+        # keeps ids within 8x its items: an export from Milvus, with 53-bit ids, gets new ids instead).
+        # (Exports written before "max_id" was recorded: the first batch's ids stand in for it.)
+        top = manifest.get("max_id", max((int(item.id or 0) for item in first), default=0) if first else 0)
+        fits = int(top) <= gallery.max_kept_id(int(manifest["count"]))
+        keep_ids = int(gallery.stats()["count"]) == 0 and fits
+        if not fits:
+            logger.warning("%s: the exported ids are more than %s can keep; importing with new ids", src_dir,
+                           type(gallery).__name__)  # fmt: skip
     created = existing = 0
     with tqdm(total=int(manifest["count"]), desc="import", unit="item", disable=None, leave=False) as bar:
-        for batch in iter_export(src_dir, batch_size, verify=False):
+        for batch in itertools.chain([first] if first else [], batches):
             result = gallery.add(batch, embedding_version=manifest["embedding_version"], keep_ids=keep_ids)
             created += result.created
             existing += result.existing
