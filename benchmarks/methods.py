@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", help="the pretrained small CLIP (clipmc pretrain-clip --out FILE)")
     p.add_argument("--arch", default="synth-small", help="CLIP-MC architecture of that CLIP (name or JSON file)")
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "methods",
-                   help="datasets and runs (kept: a rerun skips finished runs)")  # fmt: skip
+                   help="datasets and runs (kept: a rerun skips runs finished with the same settings)")  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="where the results go")
     p.add_argument("--name", help="output file stem (default methods, or methods-toy with --toy)")
     p.add_argument("--toy", action="store_true", help="seconds-sized run of the whole pipeline (tests)")
@@ -267,6 +267,7 @@ class RunSpec:
     arch: str  # the architecture file or name of the method's family
     train_config: Path
     trials: int
+    key: str = ""  # what the run depends on (CLIP, architecture, options, trials): a record of another key is re-run
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
@@ -276,10 +277,16 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     run = spec.work / f"runs-c{spec.coupling:g}" / (slug if spec.seed is None else f"{slug}-seed{spec.seed}")
     record_path = run / "record.json"
     if record_path.is_file():
-        return json.loads(record_path.read_text(encoding="utf-8"))
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("key") == spec.key:
+            return record
+        log.info("%s: made with other settings (CLIP, architecture, options or trials): running it again", run)
+        import shutil
+
+        shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"coupling": spec.coupling, "method": spec.method, "seed": spec.seed,
-                              "family": method.family}  # fmt: skip
+                              "family": method.family, "key": spec.key}  # fmt: skip
     t0 = time.perf_counter()
     if method.flags is None:
         from clipmc.model import build_model, save_checkpoint
@@ -304,6 +311,16 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     return record
 
 
+def run_key(clip_sha256: str, arch: str, train_config: Path | None, trials: int) -> str:
+    """A digest of what a run's numbers depend on besides (coupling, method, seed): the CLIP, the
+    architecture (name or file contents), the training options (None for untrained rows) and the trials."""
+    import hashlib
+
+    arch_text = Path(arch).read_text(encoding="utf-8") if Path(arch).is_file() else arch
+    options = train_config.read_text(encoding="utf-8") if train_config is not None else "untrained"
+    return hashlib.sha256("\0".join([clip_sha256, arch_text, options, str(trials)]).encode()).hexdigest()[:16]
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -319,8 +336,8 @@ def mip_arch_for(clip_arch: str, work: Path) -> Path:
     clip_config = get_config(clip_arch)
     name = "mip-synth-small" if clip_config.name == "synth-small" else f"mip-{clip_config.name}"
     path = work / "mip-arch.json"
-    path.write_text(json.dumps({"family": "mip", **config_for_clip_tower(name, clip_config.clip["vision_cfg"])
-                                .to_dict()}, indent=2) + "\n", encoding="utf-8")  # fmt: skip
+    config = config_for_clip_tower(name, clip_config.clip["vision_cfg"], bool(clip_config.clip.get("quick_gelu")))
+    path.write_text(json.dumps({"family": "mip", **config.to_dict()}, indent=2) + "\n", encoding="utf-8")
     return path
 
 
@@ -347,6 +364,7 @@ def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         train_configs[family] = work / f"train-config-{family}.json"
         train_configs[family].write_text(json.dumps({**options, **plan.train_overrides}, indent=2) + "\n",
                                          encoding="utf-8")  # fmt: skip
+    clip_sha = file_sha256(args.clip)
     started, load_start, t0 = dt.datetime.now(dt.timezone.utc), _load(), time.perf_counter()
     jobs: list[tuple[float, str]] = [(plan.coupling, m) for m in plan.methods]
     jobs += [(c, m) for c in plan.sweep for m in SWEEP_METHODS if (c, m) not in jobs]
@@ -356,8 +374,10 @@ def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         splits[f"{coupling:g}"] = split_sizes(data)
         family = METHODS[method].family
         seeds: list[int | None] = [None] if METHODS[method].flags is None else list(plan.seeds)
-        specs += [RunSpec(work, data, coupling, method, seed, str(args.clip), arch[family],
-                          train_configs.get(family, Path()), plan.trials) for seed in seeds]  # fmt: skip
+        config_path = train_configs.get(family, Path())
+        key = run_key(clip_sha, arch[family], config_path if METHODS[method].flags is not None else None, plan.trials)
+        specs += [RunSpec(work, data, coupling, method, seed, str(args.clip), arch[family], config_path, plan.trials,
+                          key) for seed in seeds]  # fmt: skip
     threads = None
     if args.jobs == 1:
         runs = [run_one(spec) for spec in specs]
@@ -376,7 +396,7 @@ def run_benchmark(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "seconds_total": round(time.perf_counter() - t0, 1),
         "load_average_1min": {"start": load_start, "end": _load()},
         "machine": {**machine(), "jobs": args.jobs, "threads_per_job": threads},
-        "clip": {"file": str(args.clip), "sha256": file_sha256(args.clip), "arch": args.arch},
+        "clip": {"file": str(args.clip), "sha256": clip_sha, "arch": args.arch},
         "plan": {**asdict(plan), "train_options": {f: json.loads(p.read_text()) for f, p in train_configs.items()}},
         "splits": splits,
         "runs": runs,

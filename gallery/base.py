@@ -235,8 +235,8 @@ class BaseGallery(abc.ABC):
                     "embeddings (norm 1) so that inner products are cosine similarities"
                 )
 
-    def max_kept_id(self, adding: int) -> int:
-        """The largest id an item may keep (``keep_ids``) when ``adding`` items are being added."""
+    def max_kept_id(self) -> int:
+        """The largest id an item may keep (``keep_ids``: imports)."""
         return MAX_ITEM_ID
 
     def _item_vectors(self, items: Sequence[Item], *, keep_ids: bool = False) -> np.ndarray:
@@ -251,9 +251,9 @@ class BaseGallery(abc.ABC):
                     f"item {position} has id {item.id}, above 2**53-1 (ids must stay exact in JavaScript); "
                     "import it with new ids"
                 )
-            if keep_ids and item.id > self.max_kept_id(len(items)):  # type: ignore[operator]
+            if keep_ids and item.id > self.max_kept_id():  # type: ignore[operator]
                 raise GalleryError(
-                    f"item {position} has id {item.id}, above the {self.max_kept_id(len(items))} this "
+                    f"item {position} has id {item.id}, above the {self.max_kept_id()} this "
                     f"{type(self).__name__} can keep (its filters are arrays indexed by id); import with new "
                     "ids (`clipmc gallery import --ids new`, or keep_ids=False)"
                 )

@@ -69,8 +69,8 @@ def _lock_directory(path: Path) -> int | None:
     return fd
 
 
-#: The smallest id space a FAISS gallery always accepts for kept ids (see FaissGallery.max_kept_id).
-KEPT_ID_FLOOR = 2**20
+#: The largest id a FAISS gallery keeps on import (see FaissGallery.max_kept_id).
+MAX_KEPT_ID = 2**26
 
 
 class _FilterColumns:
@@ -459,10 +459,10 @@ class FaissGallery(BaseGallery):
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def max_kept_id(self, adding: int) -> int:
-        """Kept ids stay within 8x the items (at least 2**20): the filter columns are dense arrays indexed by
-        id, so an export with sparse 53-bit ids (Milvus) would otherwise allocate petabytes."""
-        return max(KEPT_ID_FLOOR, 8 * (int(self._columns.count) + int(adding)))
+    def max_kept_id(self) -> int:
+        """Kept ids stay below 2**26: the filter columns are dense arrays indexed by id (15 bytes per id, so
+        at most about 1 GB), and an export with sparse 53-bit ids (Milvus) would otherwise allocate petabytes."""
+        return MAX_KEPT_ID
 
     def add(self, items: Iterable[Item], *, embedding_version: str | None = None, keep_ids: bool = False) -> AddResult:
         """Store a batch in one transaction; durable when this returns. Idempotent on ``external_id``.

@@ -16,7 +16,6 @@ checksums let an import refuse a truncated or altered copy.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -185,21 +184,24 @@ def import_gallery(
     gallery._check_version(manifest["embedding_version"])
     if int(manifest["dim"]) != gallery.dim:
         raise DimensionMismatchError(f"the export holds dimension {manifest['dim']}, the gallery {gallery.dim}")
-    batches = iter_export(src_dir, batch_size, verify=False)
-    first = next(batches, None)
+    top = manifest.get("max_id")
+    if top is None:  # an export written before "max_id" was recorded: one pass over its ids
+        top = max((int(item.id or 0) for batch in iter_export(src_dir, batch_size, verify=False) for item in batch),
+                  default=0)  # fmt: skip
+    fits = int(top) <= gallery.max_kept_id()
     if keep_ids is None:
         # Keep the exported ids into an empty gallery, unless they are more than it can keep (a FAISS gallery
-        # keeps ids within 8x its items: an export from Milvus, with 53-bit ids, gets new ids instead).
-        # (Exports written before "max_id" was recorded: the first batch's ids stand in for it.)
-        top = manifest.get("max_id", max((int(item.id or 0) for item in first), default=0) if first else 0)
-        fits = int(top) <= gallery.max_kept_id(int(manifest["count"]))
+        # keeps ids below 2**26: an export from Milvus, with 53-bit ids, gets new ids instead).
         keep_ids = int(gallery.stats()["count"]) == 0 and fits
         if not fits:
-            logger.warning("%s: the exported ids are more than %s can keep; importing with new ids", src_dir,
-                           type(gallery).__name__)  # fmt: skip
+            logger.warning("%s: the exported ids (up to %d) are more than %s can keep; importing with new ids",
+                           src_dir, top, type(gallery).__name__)  # fmt: skip
+    elif keep_ids and not fits:  # refused before anything is stored, not halfway through
+        raise GalleryError(f"{src_dir}: the exported ids go up to {top}, above the {gallery.max_kept_id()} "
+                           f"{type(gallery).__name__} can keep; import with new ids (`--ids new`)")  # fmt: skip
     created = existing = 0
     with tqdm(total=int(manifest["count"]), desc="import", unit="item", disable=None, leave=False) as bar:
-        for batch in itertools.chain([first] if first else [], batches):
+        for batch in iter_export(src_dir, batch_size, verify=False):
             result = gallery.add(batch, embedding_version=manifest["embedding_version"], keep_ids=keep_ids)
             created += result.created
             existing += result.existing

@@ -156,14 +156,14 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.C
 
 
 def test_ids_a_faiss_gallery_cannot_keep_are_refused_or_renumbered(tmp_path: Path, source: Path, monkeypatch) -> None:
-    """A FAISS gallery's filters are arrays indexed by id: a kept id far beyond its item count (an export
-    from Milvus carries 53-bit ids) is refused with a clear error instead of allocating the id space, and
-    an automatic import into an empty gallery then assigns new ids."""
+    """A FAISS gallery's filters are arrays indexed by id: a kept id beyond its bound (an export from Milvus
+    carries 53-bit ids) is refused with a clear error before anything is stored, instead of allocating the
+    id space, and an automatic import into an empty gallery then assigns new ids."""
     from clipmc.gallery import GalleryError
-    from clipmc.gallery.faiss_backend import KEPT_ID_FLOOR, FaissGallery
+    from clipmc.gallery.faiss_backend import MAX_KEPT_ID, FaissGallery
 
     with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
-        assert gallery.max_kept_id(10) == KEPT_ID_FLOOR
+        assert gallery.max_kept_id() == MAX_KEPT_ID
         big = make_items(2, seed=3)
         big[0].id, big[1].id = 2**50, 2**50 + 1
         with pytest.raises(GalleryError, match="--ids new"):
@@ -171,9 +171,13 @@ def test_ids_a_faiss_gallery_cannot_keep_are_refused_or_renumbered(tmp_path: Pat
         assert gallery.stats()["count"] == 0
         assert len(gallery.add(big).ids) == 2  # the same items with new ids are fine
     with open_gallery(source) as src:
-        export_gallery(src, tmp_path / "export")
-    monkeypatch.setattr(FaissGallery, "max_kept_id", lambda self, adding: 50)  # the export's ids go to 120
+        manifest = export_gallery(src, tmp_path / "export")
+    assert manifest["max_id"] == 120
+    monkeypatch.setattr(FaissGallery, "max_kept_id", lambda self: 100)  # the export's ids go to 120
     with open_gallery(tmp_path / "empty", DIM, VERSION) as empty:
+        with pytest.raises(GalleryError, match="up to 120"):  # explicit keep: refused up front
+            import_gallery(empty, tmp_path / "export", keep_ids=True, batch_size=40)
+        assert empty.stats()["count"] == 0  # nothing stored halfway
         result = import_gallery(empty, tmp_path / "export", batch_size=40)
         assert result["kept_ids"] is False and result["created"] == 110
         assert max(item.id for batch in empty.iter_items() for item in batch) <= 110

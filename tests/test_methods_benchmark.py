@@ -112,6 +112,25 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.selected_checkpoint(run) == (run / "best", {"split": "val", "epoch": 2})
 
 
+def test_a_record_made_with_other_settings_is_not_read_back(tmp_path: Path) -> None:
+    """Finished runs are read back only when the CLIP, architecture, options and trials are the same."""
+    bench = _load()
+    options = tmp_path / "options.json"
+    options.write_text('{"lr_encoder": 1e-4}')
+    key = bench.run_key("ab" * 32, "synth-small", options, 10)
+    assert key == bench.run_key("ab" * 32, "synth-small", options, 10)
+    assert bench.run_key("ab" * 32, "synth-small", options, 3) != key
+    assert bench.run_key("cd" * 32, "synth-small", options, 10) != key
+    assert bench.run_key("ab" * 32, "synth-small", None, 10) != key  # untrained rows
+    options.write_text('{"lr_encoder": 1e-5}')
+    assert bench.run_key("ab" * 32, "synth-small", options, 10) != key
+    spec = bench.RunSpec(tmp_path, tmp_path, 0.5, "CLIP-MC", 0, "c", "synth-small", options, 10, key="new")
+    run = tmp_path / "runs-c0.5" / "clip-mc-seed0"
+    run.mkdir(parents=True)
+    (run / "record.json").write_text(json.dumps({"key": "new", "method": "CLIP-MC", "settings": {}}))
+    assert bench.run_one(spec)["key"] == "new"  # same key: read back, nothing run
+
+
 @pytest.mark.slow
 def test_toy_run_end_to_end(tmp_path: Path) -> None:
     """The whole pipeline at seconds size: synth, every method trained and evaluated, table and plots."""

@@ -165,6 +165,8 @@ def test_an_open_clip_image_tower_loads_exactly_through_timms_converter(tmp_path
 
     config = NAMED_CONFIGS["mip-synth-small"]
     assert config == config_for_clip_tower("mip-synth-small", get_config("synth-small").clip["vision_cfg"])
+    with pytest.raises(ValueError, match="QuickGELU"):  # timm's GELU ViT would load such a tower but differ
+        config_for_clip_tower("mip-tiny-clip", get_config("tiny").clip["vision_cfg"], quick_gelu=True)
     torch.manual_seed(5)
     clip, _, _ = build_pretrain_model("synth-small")
     with torch.no_grad():  # open_clip zero-initialises nothing that matters here; perturb the norms too

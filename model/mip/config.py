@@ -138,7 +138,9 @@ _TINY = MIPConfig(
 )
 
 
-def config_for_clip_tower(name: str, vision_cfg: dict[str, Any], **overrides: Any) -> MIPConfig:
+def config_for_clip_tower(
+    name: str, vision_cfg: dict[str, Any], quick_gelu: bool = False, **overrides: Any
+) -> MIPConfig:
     """MIP on the ViT image tower of an open_clip CLIP (its open_clip ``vision_cfg``): the tower's widths,
     input size (as the pretrained size and MIP's input), pre-norm, LayerNorm eps 1e-5 and CLIP's
     normalisation; 8 + 8 prompt tokens per layer. The weights load from the CLIP's file (`network.build`).
@@ -147,8 +149,13 @@ def config_for_clip_tower(name: str, vision_cfg: dict[str, Any], **overrides: An
         name: the config's name.
         vision_cfg: open_clip's vision config (``image_size``, ``layers``, ``width``, ``head_width``,
             ``patch_size``; ``mlp_ratio`` optional).
+        quick_gelu: the CLIP's activation (open_clip's ``quick_gelu``): refused, since timm's ViT here uses
+            GELU and the tower would load without error yet compute something else.
         overrides: other MIPConfig fields.
     """
+    if quick_gelu:
+        raise ValueError(f"{name}: the CLIP's image tower uses QuickGELU; MIP's timm ViT uses GELU, so its weights "
+                         "would load but compute something else")  # fmt: skip
     size = vision_cfg["image_size"]
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     width = int(vision_cfg["width"])
