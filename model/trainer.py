@@ -120,6 +120,27 @@ class TrainConfig(RecipeOptions):
 SELECTION_METRIC = "mAP"  # best/ maximises the validation mAP
 
 
+def evaluation_due(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether the 0-based ``epoch`` ends with a validation: every ``eval_every`` epochs, and the last one."""
+    return epoch + 1 == epochs or bool(eval_every and (epoch + 1) % eval_every == 0)
+
+
+def save_and_select(model: Any, out: Path, meta: dict[str, Any], metrics: dict[str, float], best: dict[str, Any],
+                    *, epoch: int, last: bool, validated: bool, selection_split: str) -> dict[str, Any]:  # fmt: skip
+    """The end of an epoch of a recipe without resume state (CSDN, MIP): ``last/`` always; ``best/`` when the
+    validation ``SELECTION_METRIC`` improved, or, without validation, at the last epoch (which ``last/``'s
+    metadata then names as chosen too). Returns the updated best ({"epoch", **metrics})."""
+    score = metrics.get(SELECTION_METRIC)
+    improved = score is not None and score > best.get(SELECTION_METRIC, -math.inf)
+    chosen = improved or (not validated and last)
+    selection = {"split": selection_split, "metric": SELECTION_METRIC if improved else None,
+                 "value": score if improved else None, "epoch": epoch}  # fmt: skip
+    if not validated and last:
+        meta = {**meta, "selection": selection}  # last/ is then the chosen checkpoint too
+    save_epoch_checkpoints(model, out, meta, selection if chosen else None)
+    return {"epoch": epoch, **metrics} if chosen else best
+
+
 class TrainImages(Dataset):
     """Records -> (augmented tensor, label, modality)."""
 
@@ -302,8 +323,7 @@ class Trainer:
                     self.tb.add_scalar("mc/alpha", row["alpha"], epoch + 1)
                     self.tb.add_scalar("mc/comp_share", row["comp_share"], epoch + 1)
                 metrics: dict[str, float] = {}
-                last = epoch + 1 == self.cfg.epochs
-                if self.evaluate_fn and (last or (self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0)):
+                if self.evaluate_fn and evaluation_due(epoch, self.cfg.epochs, self.cfg.eval_every):
                     metrics = self.evaluate_fn(self.model)
                     row.update({f"eval_{k}": v for k, v in metrics.items()})
                     for k, v in metrics.items():

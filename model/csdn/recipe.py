@@ -36,12 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..checkpoint import save_epoch_checkpoints
 from ..data.records import INFRARED, VISIBLE, Record
 from ..recipe_options import RecipeOptions
 from ..registry import resolve_config
 from ..sampler import IdentityModalitySampler
-from ..trainer import SELECTION_METRIC, append_csv_row
+from ..trainer import append_csv_row, evaluation_due, save_and_select
 from .config import CSDNConfig
 from .data import PlainImages, TwoViewTrainImages, reseed_worker
 from .losses import msel, supcon, weighted_triplet
@@ -410,23 +409,15 @@ def train(
         row.update({k: v / max(n, 1) for k, v in sums.items()})
         last = epoch + 1 == cfg.epochs
         metrics = {}
-        if evaluate and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+        if evaluate and evaluation_due(epoch, cfg.epochs, cfg.eval_every):
             metrics = evaluate(model)
             row.update({f"eval_{k}": v for k, v in metrics.items()})
         row["seconds"] = round(time.time() - t0, 2)
         log_row(row)
         meta = {"epoch": epoch + 1, "training_args": cfg.to_dict(), "dataset": dataset_info or {}, "metrics": metrics,
                 "recipe": "csdn three-stage"}  # fmt: skip
-        score = metrics.get(SELECTION_METRIC)
-        improved = score is not None and score > best.get(SELECTION_METRIC, -float("inf"))
-        chosen = improved or (evaluate is None and last)
-        selection = {"split": selection_split, "metric": SELECTION_METRIC if improved else None,
-                     "value": score if improved else None, "epoch": epoch + 1}  # fmt: skip
-        if evaluate is None and last:
-            meta["selection"] = selection  # last/ is then the chosen checkpoint too
-        save_epoch_checkpoints(model, out, meta, selection if chosen else None)
-        if chosen:
-            best = {"epoch": epoch + 1, **metrics}
+        best = save_and_select(model, out, meta, metrics, best, epoch=epoch + 1, last=last,
+                               validated=evaluate is not None, selection_split=selection_split)  # fmt: skip
     model.eval()
     return {"history": history, "out": str(out), "best": best}
 
