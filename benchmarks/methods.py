@@ -438,8 +438,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{_split_text(results, main)}), every method from the CLIP `{results['clip']['file']}` "
         f"(sha256 {results['clip']['sha256'][:12]}, architecture `{results['clip']['arch']}`). Trained methods: "
         f"seeds {', '.join(map(str, plan['seeds']))}, `best/` selected by the trainer on the validation "
-        f"identities; zero-shot: one run. SYSU protocol (PROTOCOLS.md), {plan['trials']} trials per setting; "
-        "R1 / mAP / mINP in %: per-run mean over the trials, then mean ± sample std over the seeds.",
+        f"identities; untrained rows (zero-shot, MIP untrained): one run. SYSU protocol (PROTOCOLS.md), "
+        f"{plan['trials']} trials per setting, not re-ranked; R1 / mAP / mINP in %: per-run mean over the trials, "
+        "then mean ± sample std over the seeds.",
         "",
         f"| method (coupling {main}) | runs | {head} |",
         "|---|---|" + "---|" * (len(SETTINGS) * len(METRICS)),
