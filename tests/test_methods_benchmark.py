@@ -130,6 +130,17 @@ def test_a_record_made_with_other_settings_is_not_read_back(tmp_path: Path) -> N
     (run / "record.json").write_text(json.dumps({"key": "new", "method": "CLIP-MC", "settings": {}}))
     assert bench.run_one(spec)["key"] == "new"  # same key: read back, nothing run
 
+    class Ran(Exception):
+        pass
+
+    def train(argv):
+        raise Ran(argv)
+
+    bench._cli = train  # another key: the old record goes and the run trains again
+    with pytest.raises(Ran):
+        bench.run_one(bench.RunSpec(tmp_path, tmp_path, 0.5, "CLIP-MC", 0, "c", "synth-small", options, 10, "other"))
+    assert not (run / "record.json").exists()
+
 
 @pytest.mark.slow
 def test_toy_run_end_to_end(tmp_path: Path) -> None:
