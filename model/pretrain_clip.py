@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clipmc.contract import atomic_write
+from clipmc.contract import MODALITY_ALIASES, atomic_write
 
 from .config import ModelConfig, get_config
 from .factory import build_clip
 from .preprocess import CLIP_MEAN, CLIP_STD, resize_crop
-from .synth_captions import ZERO_SHOT_ATTRIBUTES, class_prompts, read_captions
+from .synth_captions import TEMPLATES, ZERO_SHOT_ATTRIBUTES, class_prompts, partial_caption, read_captions
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,17 @@ class PretrainConfig:
     seed: int = 0
     max_steps: int | None = None  # stop after this many steps (short runs, tests)
     threads: int | None = None  # torch threads (None: leave torch's default)
+    # Share of each batch whose caption names only a random part of the crop's attributes
+    # (synth_captions.partial_caption), redrawn every epoch; 0 trains on the full captions only.
+    partial_captions: float = 0.5
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise PretrainError("--epochs must be >= 1 and --batch-size >= 2 (a contrastive batch needs pairs)")
         if not 0.0 < self.holdout < 1.0:
             raise PretrainError(f"--holdout must be a share in (0, 1), got {self.holdout}")
+        if not 0.0 <= self.partial_captions <= 1.0:
+            raise PretrainError(f"--partial-captions must be a share in [0, 1], got {self.partial_captions}")
         if self.lr <= 0 or self.warmup_steps < 0 or (self.max_steps is not None and self.max_steps < 1):
             raise PretrainError("--lr must be > 0, --warmup-steps >= 0 and --max-steps >= 1")
 
@@ -192,7 +197,8 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, crops: CaptionedC
     """Zero-shot attribute accuracy and text-to-image recall on the crops of ``pids``, per modality.
 
     Attribute prompts: per class, the mean text feature over its prompts (``class_prompts``, one per
-    value of the nuisance attributes) in the crop's modality wording. Chance: 1/K and the majority
+    value of the nuisance attributes) in the crop's modality wording. Accuracy, and balanced accuracy
+    (the mean per-class recall, whose chance is 1/K for any class shares). Chance: 1/K and the majority
     class share of the evaluated crops. Recall: one crop per identity and modality, its caption as the
     query; a hit is a top-K crop whose caption is the query's (identical captions of two people are
     not told apart by any model).
@@ -213,8 +219,12 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, crops: CaptionedC
             pred = (feats @ class_feats.T).argmax(1).numpy()
             truth = np.array([classes.index(crops.rows[i]["attributes"][field]) for i in idx])
             counts = np.bincount(truth, minlength=len(classes))
+            recall = {c: float((pred[truth == i] == i).mean()) for i, c in enumerate(classes) if counts[i]}
             per_attr[attribute] = {
                 "accuracy": float((pred == truth).mean()),
+                # Mean per-class recall: its chance is 1/K whatever the class shares (carried: 40% "none").
+                "balanced_accuracy": float(np.mean(list(recall.values()))),
+                "per_class_recall": recall,
                 "chance_uniform": 1.0 / len(classes),
                 "chance_majority": float(counts.max() / counts.sum()),
                 "classes": len(classes),
@@ -238,17 +248,26 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, crops: CaptionedC
 
 
 def format_report(metrics: dict[str, Any]) -> str:
-    """The zero-shot table as text (what the command prints)."""
-    lines = [f"{'attribute':14s} {'modality':9s} {'accuracy':>9s} {'chance 1/K':>10s} {'majority':>9s} {'n':>6s}"]
+    """The zero-shot table as text (what the command prints), then the ``--eval-data`` one if any."""
+    lines = _report_lines(metrics)
+    if "eval_data" in metrics:
+        lines += [f"--eval-data {metrics['eval_data']['data']} (all {metrics['eval_data']['identities']} identities):"]
+        lines += _report_lines(metrics["eval_data"])
+    return "\n".join(lines)
+
+
+def _report_lines(metrics: dict[str, Any]) -> list[str]:
+    lines = [f"{'attribute':14s} {'modality':9s} {'accuracy':>9s} {'balanced':>9s} {'chance 1/K':>10s} "
+             f"{'majority':>9s} {'n':>6s}"]  # fmt: skip
     for modality, attrs in metrics["zero_shot"].items():
         for attribute, m in attrs.items():
             lines.append(
-                f"{attribute:14s} {modality:9s} {m['accuracy']:9.3f} {m['chance_uniform']:10.3f} "
-                f"{m['chance_majority']:9.3f} {m['n']:6d}"
+                f"{attribute:14s} {modality:9s} {m['accuracy']:9.3f} {m['balanced_accuracy']:9.3f} "
+                f"{m['chance_uniform']:10.3f} {m['chance_majority']:9.3f} {m['n']:6d}"
             )
     for modality, m in metrics["text_to_image"].items():
         lines.append(f"text->image {modality:9s} R@1 {m['R1']:.3f}  R@5 {m['R5']:.3f}  ({m['n']} identities)")
-    return "\n".join(lines)
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,15 +275,36 @@ def format_report(metrics: dict[str, Any]) -> str:
 
 
 def pretrain(
-    data: str | Path, out: str | Path, cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
+    data: str | Path,
+    out: str | Path,
+    cfg: PretrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    eval_data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train, save the weights and the held-out evaluation; returns the metrics dict (also in the JSON)."""
+    """Train, save the weights and the held-out evaluation; returns the metrics dict (also in the JSON).
+
+    Args:
+        data: folder with ``captions.jsonl`` and its crops.
+        out: the weights file to write (the metrics JSON and run folder are named after it).
+        cfg: the run's options.
+        resume: continue the run of ``out`` from its last saved state.
+        progress: show progress bars.
+        eval_data: a second captioned folder (another seed's draw) whose identities are all evaluated
+            as well, under ``"eval_data"``: held-out identities that no choice of options has seen.
+
+    Returns:
+        The metrics written to ``FILE-zeroshot.json``.
+    """
     from open_clip_train.scheduler import cosine_lr
     from torch.utils.tensorboard import SummaryWriter
 
     from .trainer import append_csv_row
 
     cfg.validate()
+    if eval_data is not None and not (Path(eval_data) / CAPTIONS).is_file():
+        raise PretrainError(f"--eval-data {eval_data}: no {CAPTIONS}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     weights_path, metrics_path, run_dir = output_paths(out)
@@ -311,10 +351,12 @@ def pretrain(
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
             order = train_idx[rng.permutation(len(train_idx))]
             flips = rng.random(len(order)) < 0.5
+            partial = rng.random(len(order)) < cfg.partial_captions
             sl = slice(pos * cfg.batch_size, (pos + 1) * cfg.batch_size)
             lr = scheduler(step)
             image_features = model.encode_image(crops.batch(order[sl], flips[sl]), normalize=True)
-            text_features = model.encode_text(tokens[torch.from_numpy(order[sl])], normalize=True)
+            text = batch_tokens(crops, tokens, tokenizer, order[sl], partial[sl], (cfg.seed, epoch, pos))
+            text_features = model.encode_text(text, normalize=True)
             loss = loss_fn(image_features, text_features, model.logit_scale.exp())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the contrastive loss became {loss.item()} at step {step}")
@@ -342,6 +384,8 @@ def pretrain(
     for modality, attrs in metrics["zero_shot"].items():
         for attribute, m in attrs.items():
             tb.add_scalar(f"zero_shot/{modality}/{attribute}", m["accuracy"], step)
+    if eval_data is not None:
+        metrics["eval_data"] = evaluate_all(model, tokenizer, eval_data, config.image_size, progress)
     tb.close()
     metrics.update(
         {
@@ -363,6 +407,75 @@ def pretrain(
     )
     atomic_write(metrics_path, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def evaluate_all(model: torch.nn.Module, tokenizer: Any, data: str | Path, image_size: tuple[int, int],
+                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """``evaluate_zero_shot`` on every identity of a captioned folder (a draw no option was chosen on)."""
+    crops = load_captioned(data, image_size, progress)
+    pids = {int(r["pid"]) for r in crops.rows}
+    return {"data": str(data), "identities": len(pids), **evaluate_zero_shot(model, tokenizer, crops, pids)}
+
+
+def evaluate_weights(data: str | Path, out: str | Path, cfg: PretrainConfig, *, eval_data: str | Path | None = None,
+                     progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Evaluate the weights a run wrote (``out``) again, without training: the held-out identities of
+    ``data`` (the same seeded draw as the run's) and ``eval_data``; the run's own fields in the metrics
+    JSON (steps, time, options) are kept, the evaluations replaced.
+
+    Args:
+        data: the run's captioned folder.
+        out: the weights file the run wrote.
+        cfg: the run's options (``arch``, ``holdout`` and ``seed`` matter here).
+        eval_data: a second captioned folder evaluated in full.
+        progress: show progress bars.
+
+    Returns:
+        The metrics written to ``FILE-zeroshot.json``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path, metrics_path, _ = output_paths(out)
+    if not weights_path.is_file():
+        raise PretrainError(f"--evaluate-only: {weights_path} does not exist (train it first)")
+    if eval_data is not None and not (Path(eval_data) / CAPTIONS).is_file():
+        raise PretrainError(f"--eval-data {eval_data}: no {CAPTIONS}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, config, tokenizer = build_pretrain_model(cfg.arch)
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise PretrainError(f"{weights_path}: not {config.name} CLIP weights ({str(exc).splitlines()[0]})") from None
+    crops = load_captioned(data, config.image_size, progress)
+    held = holdout_ids(crops.rows, cfg.holdout, cfg.seed)
+    previous: dict[str, Any] = {}
+    if metrics_path.is_file():
+        previous = {k: v for k, v in json.loads(metrics_path.read_text(encoding="utf-8")).items()
+                    if k not in ("zero_shot", "text_to_image", "eval_data")}  # fmt: skip
+    metrics = {**previous, **evaluate_zero_shot(model, tokenizer, crops, held), "heldout_identities": len(held)}
+    if eval_data is not None:
+        metrics["eval_data"] = evaluate_all(model, tokenizer, eval_data, config.image_size, progress)
+    atomic_write(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def batch_tokens(crops: CaptionedCrops, tokens: torch.Tensor, tokenizer: Any, idx: np.ndarray, partial: np.ndarray,
+                 key: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
+    """The batch's caption tokens: the full caption, or where ``partial`` a partial one drawn from ``key``
+    (seed, epoch, position), so a resumed run draws the same words."""
+    out = tokens[torch.from_numpy(idx)].clone()
+    rows = np.flatnonzero(partial)
+    if rows.size:
+        rng = np.random.default_rng(np.random.SeedSequence([*key, 29]))
+        texts = []
+        for r in rows:
+            row = crops.rows[int(idx[r])]
+            modality = MODALITY_ALIASES[row["modality"]]
+            texts.append(partial_caption(row["attributes"], modality, rng, int(rng.integers(len(TEMPLATES)))))
+        out[torch.from_numpy(rows)] = tokenizer(texts)
+    return out
 
 
 def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seconds: float,

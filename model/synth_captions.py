@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipmc.contract import MODALITY_NAMES, atomic_write
 
 from .synth import (
@@ -138,6 +140,41 @@ def caption(attrs: Mapping[str, Any], modality: int, template: int = 0) -> str:
     infrared = modality == INFRARED
     shown = {k: v for k, v in attrs.items() if not (infrared and k in _COLOUR_FIELDS)}
     return describe(shown, infrared, template)
+
+
+#: The parts a partial caption keeps or drops as a whole; within a garment, its colour and pattern words
+#: are kept or dropped one by one (the garment word stays, since colour and pattern attach to it).
+_CAPTION_PARTS: tuple[tuple[str, ...], ...] = (
+    ("build",),
+    ("upper_garment", "upper_colour", "upper_pattern"),
+    ("lower_garment", "lower_colour", "lower_pattern"),
+    ("hat", "hat_colour"),
+    ("carried",),
+    ("view",),
+)
+
+
+def partial_caption(attrs: Mapping[str, Any], modality: int, rng: np.random.Generator, template: int = 0) -> str:
+    """A caption naming a random part of a crop's attributes (at least one part; infrared: no colour).
+
+    Why: a full caption is told apart from the other captions of a batch by its colours alone, so
+    contrastive training never needs the words of smaller details (the carried object). A caption
+    that names only some parts makes each part's words the evidence the image must match; the
+    zero-shot prompts (``class_prompts``) are such one-part captions too.
+    """
+    keep = rng.random(len(_CAPTION_PARTS)) < 0.5
+    if not keep.any():
+        keep[int(rng.integers(len(_CAPTION_PARTS)))] = True
+    shown: dict[str, Any] = {}
+    for part, kept in zip(_CAPTION_PARTS, keep, strict=True):
+        if not kept:
+            continue
+        shown[part[0]] = attrs.get(part[0])
+        for extra in part[1:]:
+            if part[0] in ("upper_garment", "lower_garment") and rng.random() < 0.5:
+                continue
+            shown[extra] = attrs.get(extra)
+    return caption(shown, modality, template)
 
 
 def crop_record(seed: int, layout: str, task: ImageTask) -> dict[str, Any]:

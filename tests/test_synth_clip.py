@@ -23,7 +23,7 @@ from clipmc.model.synth import (
     make_identity,
     render_image,
 )
-from clipmc.model.synth_captions import class_prompts, crop_attributes, read_captions
+from clipmc.model.synth_captions import caption, class_prompts, crop_attributes, partial_caption, read_captions
 
 COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOUR_NAMES) + r")\b")
 
@@ -90,6 +90,28 @@ def test_zero_shot_prompts_follow_the_caption_words() -> None:
     assert class_prompts("carried", infrared=False)["backpack"] == ["a photo of a person, carrying a backpack."]
 
 
+def test_partial_captions_name_part_of_the_truth_and_no_infrared_colour() -> None:
+    attrs = [crop_attributes(3, "captions", pid, 1, m, 1) for pid in range(1, 30) for m in (0, 1)]
+    rng = np.random.default_rng(0)
+    drawn = [(a, m, partial_caption(a, m, rng)) for a in attrs for m in (0, 1) for _ in range(5)]
+    again = np.random.default_rng(0)
+    assert [t for _, _, t in drawn] == [partial_caption(a, m, again) for a, m, _ in drawn]  # a function of the rng
+    words = re.compile(r"[a-z-]+")
+    for a, m, text in drawn:
+        assert text.startswith("an infrared photo of" if m else "a photo of")
+        if m:
+            assert not COLOUR_WORD.search(text), text
+        # Every word is one of the full caption's (across its templates): a part of the truth, nothing else.
+        full = set().union(*(words.findall(caption(a, m, t)) for t in range(3)))
+        assert set(words.findall(text)) <= full, (text, full)
+    texts = [t for _, _, t in drawn]
+    assert len(set(texts)) > len(texts) // 2  # varied, not one fixed shortening
+    # Some captions name the carried object without any garment: the bag alone is evidence to match.
+    alone = [t for a, _, t in drawn if a["carried"] != "none" and "carrying" in t and " in " not in t
+             and "wearing" not in t and "dressed" not in t]  # fmt: skip
+    assert alone
+
+
 def test_captions_layout_has_every_identity_in_both_modalities(tmp_path: Path) -> None:
     s = generate("captions", tmp_path / "p", 5, seed=1, size=(64, 32), progress=False)
     assert s.num_images == 5 * 6 * 2 and s.test_ids == []
@@ -152,17 +174,22 @@ def test_pretrain_saves_and_loads_through_build_model(tmp_path: Path, capsys: py
     from clipmc.model import build_model
 
     generate("captions", tmp_path / "data", 12, seed=2, size=(64, 32), progress=False)
+    generate("captions", tmp_path / "fresh", 3, seed=3, size=(64, 32), progress=False)
     arch = tmp_path / "arch.json"
     arch.write_text(json.dumps(TINY_ARCH))
     out = tmp_path / "clip.safetensors"
     argv = ["pretrain-clip", "--data", str(tmp_path / "data"), "--arch", str(arch), "--out", str(out),
             "--batch-size", "16", "--max-steps", "4", "--warmup-steps", "1", "--holdout", "0.25", "--threads", "1",
-            "--quiet"]  # fmt: skip
+            "--eval-data", str(tmp_path / "fresh"), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "top_colour" in printed and "text->image" in printed
+    assert "top_colour" in printed and "text->image" in printed and "--eval-data" in printed
     metrics = json.loads((tmp_path / "clip-zeroshot.json").read_text())
     assert metrics["steps"] == 4 and metrics["heldout_identities"] == 3
+    assert metrics["options"]["partial_captions"] == 0.5
+    # The second draw is evaluated in full: all its identities, both modalities.
+    assert metrics["eval_data"]["identities"] == 3
+    assert metrics["eval_data"]["zero_shot"]["infrared"]["carried"]["n"] == 3 * 4  # 4 infrared crops per identity
     for modality in ("visible", "infrared"):
         for attribute in ("top_colour", "bottom_colour", "pattern", "carried"):
             m = metrics["zero_shot"][modality][attribute]
@@ -186,6 +213,20 @@ def test_pretrain_saves_and_loads_through_build_model(tmp_path: Path, capsys: py
     assert "exists" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
     assert torch.equal(load_file(str(out))["visual.proj"], saved["visual.proj"])
+    # --evaluate-only trains nothing and gives the same evaluation again, keeping the run's record.
+    (tmp_path / "clip-zeroshot.json").write_text(json.dumps({**metrics, "zero_shot": {}}))
+    assert main([*argv, "--evaluate-only"]) == 0
+    again = json.loads((tmp_path / "clip-zeroshot.json").read_text())
+    assert again["zero_shot"] == metrics["zero_shot"] and again["steps"] == 4
+    assert again["eval_data"]["zero_shot"] == metrics["eval_data"]["zero_shot"]
+    carried = again["zero_shot"]["visible"]["carried"]
+    assert set(carried["per_class_recall"]) <= {"none", "backpack", "shoulder", "hand"}
+    assert carried["balanced_accuracy"] == pytest.approx(np.mean(list(carried["per_class_recall"].values())))
+    assert torch.equal(load_file(str(out))["visual.proj"], saved["visual.proj"])
+    missing = ["pretrain-clip", "--data", str(tmp_path / "data"), "--arch", str(arch), "--evaluate-only",
+               "--out", str(tmp_path / "none.safetensors")]  # fmt: skip
+    assert main(missing) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_pretrain_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,6 +237,12 @@ def test_pretrain_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["pretrain-clip", "--data", str(tmp_path), "--out", str(tmp_path / "w.safetensors"),
                  "--holdout", "1.5"]) == 2  # fmt: skip
     assert "--holdout" in capsys.readouterr().err
+    assert main(["pretrain-clip", "--data", str(tmp_path), "--out", str(tmp_path / "w.safetensors"),
+                 "--partial-captions", "2"]) == 2  # fmt: skip
+    assert "--partial-captions" in capsys.readouterr().err
+    assert main(["pretrain-clip", "--data", str(tmp_path), "--out", str(tmp_path / "w.safetensors"),
+                 "--eval-data", str(tmp_path / "nowhere")]) == 2  # fmt: skip
+    assert "--eval-data" in capsys.readouterr().err
 
 
 def test_pretrain_resume_continues_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
