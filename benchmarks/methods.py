@@ -24,7 +24,7 @@ Nothing is tuned on test identities: the training options are ``configs/synth-sm
 and its load. ``--toy`` runs the whole pipeline at seconds size (a test does); ``--from-json`` rewrites the
 table and plots from a results JSON.
 
-    python benchmarks/methods.py --clip runs/synthclip.safetensors --jobs 2   # about an hour on 2 CPU cores
+    python benchmarks/methods.py --clip runs/synthclip.safetensors --jobs 2   # 15 to 25 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
