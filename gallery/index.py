@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 IndexKind = Literal["flat", "ivf"]
 #: FAISS wants at least 39 training points per IVF list; below this a gallery stays flat.
 MIN_IVF_ITEMS = 39
+#: FAISS ``IndexIVF.parallel_mode`` 1: threads split a query's probed lists, not the queries. FAISS's default
+#: (0, one thread per query) leaves every core but one idle on the service's usual one-query search; on the
+#: 2-core CPU one query at nprobe 32 took 0.57x the time and batches of 16 or 64 gained 10% too (300k x 1280).
+IVF_PARALLEL_MODE = 1
 #: The most results a FAISS GPU index returns for one query.
 GPU_MAX_K = 2048
 #: How many more hits than asked a filtered GPU search fetches before falling back to the CPU.
@@ -145,6 +149,8 @@ class VectorIndex:
         self.cpu = cpu
         self.kind: IndexKind = kind
         self.nprobe = nprobe
+        if kind == "ivf":
+            faiss.extract_index_ivf(cpu).parallel_mode = IVF_PARALLEL_MODE
         self.recall_at_10: float | None = None
         self._gpu: Any = None
         self._gpu_resources: Any = None

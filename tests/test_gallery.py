@@ -191,6 +191,26 @@ def test_ivf_recall_is_measured_and_auto_switch(tmp_path: Path, rng: np.random.G
                 assert len(hits) == len(reference.search(query, 10, filters)[0])
 
 
+def test_ivf_splits_a_query_over_its_lists_with_the_same_answer(tmp_path: Path, rng: np.random.Generator) -> None:
+    import faiss
+
+    from clipmc.gallery.index import IVF_PARALLEL_MODE, VectorIndex
+
+    vectors = unit_vectors(rng, 800)
+    queries = unit_vectors(rng, 5)
+    ivf = VectorIndex.ivf(DIM, vectors, 8, nprobe=4, iterations=5, seed=0)
+    ivf.cpu.add_with_ids(vectors, np.arange(800, dtype=np.int64))
+    assert IVF_PARALLEL_MODE == 1 and ivf.cpu.parallel_mode == IVF_PARALLEL_MODE
+    ivf.save(tmp_path / "ivf.faiss")
+    loaded = VectorIndex.load(tmp_path / "ivf.faiss", nprobe=4)
+    assert loaded.cpu.parallel_mode == IVF_PARALLEL_MODE  # not stored in the file: set again on load
+    params = faiss.SearchParametersIVF(nprobe=4)
+    split = loaded.cpu.search(queries, 10, params=params)
+    loaded.cpu.parallel_mode = 0  # FAISS's default: one thread per query
+    per_query = loaded.cpu.search(queries, 10, params=params)
+    assert np.array_equal(split[1], per_query[1]) and np.allclose(split[0], per_query[0])
+
+
 def test_reingest_with_same_external_ids_adds_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
     items = random_items(rng, 40)
     with open_gallery(tmp_path / "g", DIM, VERSION) as gallery:
