@@ -18,16 +18,23 @@ For d = 1280 eps is about 6.4e-4 in cosine, far below the gaps between a query's
 neighbours in practice, so the widening is rare; tests/test_gallery_exact_scan.py checks ids and scores
 against float32 exact search, with filters, including galleries built to need the widening.
 
-int8 codes (``codes="int8"``: FAISS ``QT_8bit``, a trained [min, max] per dimension, d bytes per item) read
-half the bytes of fp16 again. Their error has no closed form (a vector may fall outside the trained
-ranges and be clipped), so it is measured: every added vector is encoded and decoded, and the largest
-``E = |x - decode(encode(x))|`` so far is kept. By Cauchy-Schwarz an int8 score is within ``|q| E`` of the
-exact score of the decoded vector, plus float32 accumulation in the scan and the re-rank (bounded by
-``4 d 2**-24 |q| (|x|max + E)``, twice the fp16 term, which also covers a SIMD decode differing from
-``sa_decode`` by an ulp); the proof and the widening are then as for fp16. The ranges are trained on the
-gallery's vectors when the scan is built (a sample of up to 65,536; +-2% margin), or set to +-4/sqrt(d)
-while fewer than 1,024 exist; a later vector outside them only raises E (more widening, never a wrong
-answer), and reopening the gallery trains them again. For unit vectors in 1280-d, E is about 0.01.
+int8 codes (``codes="int8"``, d bytes per item) read half the bytes of fp16 again. Each dimension has a
+trained centre ``m`` and scale ``s`` (its [min, max] with a margin mapped onto [-127, 127]); an item is
+stored as the integers ``c = round((x - m) s)`` in FAISS ``IndexScalarQuantizer(QT_8bit_direct_signed)``,
+and the query is scaled instead: ``q.x ~ (q / s).c + q.m``, the second term one number per query. FAISS
+scans direct codes with integer arithmetic and quantises the query to integers too, so the scan is given
+one: ``u = round(a q / s)`` with ``a = 127 / max|q / s|``, and ``u.c / a + q.m`` is the int8 score. That is
+the per-dimension resolution of FAISS's ``QT_8bit`` at integer-dot-product speed (``QT_8bit`` decodes
+``min + (code + 0.5) / 255 * (max - min)`` per component in float; on the 2-core CPU its scan ran 1.5x
+longer). The stored vectors' error has no closed form (a vector may fall outside the trained ranges and
+be clipped), so it is measured: the largest ``E = |x - (c / s + m)|`` of every added vector so far is
+kept, and the largest code norm ``|c|max``. By Cauchy-Schwarz an int8 score is within ``|q| E`` (the
+stored vector) ``+ |q / s - u / a| |c|max`` (the query's rounding, known per query) of the exact score,
+plus float32 rounding in the scan's output and the re-rank (bounded by ``4 d 2**-24 |q| (|x|max + E +
+|m|)``); the proof and the widening are then as for fp16. The ranges are trained on the gallery's vectors when the scan is built
+(a sample of up to 65,536; +-2% margin), or set to +-4/sqrt(d) around 0 while fewer than 1,024 exist; a
+later vector outside them only raises E (more widening, never a wrong answer), and reopening the gallery
+trains them again. For unit vectors in 1280-d, E is about 0.01.
 
 Filters use the same ``IDSelectorBitmap`` as every other search: ``IndexIDMap2`` translates it for each
 shard. Memory on top of the master's 4 d bytes per item: 2 d (fp16) or d (int8); 1280-d: 7.7 or 6.4 KB
@@ -61,10 +68,13 @@ def fp16_error_bound(query_norms: np.ndarray, max_norm: float, dim: int) -> np.n
     return (query_norms * relative).astype(np.float64)
 
 
-def int8_error_bound(query_norms: np.ndarray, max_norm: float, max_error: float, dim: int) -> np.ndarray:
+def int8_error_bound(
+    query_norms: np.ndarray, max_norm: float, max_error: float, dim: int, centre_norm: float = 0.0
+) -> np.ndarray:
     """The largest difference between a query's int8-scan score and its float32 score, given the largest
-    measured reconstruction error ``max_error`` of the stored vectors (see module doc)."""
-    relative = max_error + 4.0 * dim * 2.0**-24 * (max_norm + max_error)
+    measured reconstruction error ``max_error`` of the stored vectors and the norm of the codes' centre
+    (see module doc)."""
+    relative = max_error + 4.0 * dim * 2.0**-24 * (max_norm + max_error + centre_norm)
     return (query_norms * relative).astype(np.float64)
 
 
@@ -98,28 +108,50 @@ class ExactScan:
         self.dim = int(dim)
         self.codes = codes
         self.candidates = max(1, int(candidates))
-        qtype = faiss.ScalarQuantizer.QT_fp16 if codes == "fp16" else faiss.ScalarQuantizer.QT_8bit
+        qtype = faiss.ScalarQuantizer.QT_fp16 if codes == "fp16" else faiss.ScalarQuantizer.QT_8bit_direct_signed
         self._parts = [
             faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT))
             for _ in range(max(1, int(shards)))
         ]
+        self._centre = np.zeros(self.dim, np.float32)  # int8: m and s of the module doc
+        self._scale = np.ones(self.dim, np.float32)
         if codes == "int8":
             self._train_ranges(training)
         self._pool = ThreadPoolExecutor(len(self._parts), "clipmc-scan") if len(self._parts) > 1 else None
         self.max_norm = 0.0
         self.max_error = 0.0  # int8: the largest measured |x - decode(encode(x))| of an added vector
+        self.max_code_norm = 0.0  # int8: the largest |c| of an added vector's codes
         self.widened = 0  # queries whose first candidate list could not be proven complete (for logs/tests)
 
     def _train_ranges(self, training: np.ndarray | None) -> None:
-        """The same per-dimension [min, max] (with a margin) for every shard's int8 quantizer."""
+        """Each dimension's centre and scale: its [min, max] (widened by the margin) onto [-127, 127]."""
         if training is None or len(training) < _MIN_TRAIN:
             r = 4.0 / np.sqrt(self.dim)  # unit vectors: components about N(0, 1/d); measured E covers the rest
-            training = np.stack([np.full(self.dim, r), np.full(self.dim, -r)])
-        training = np.ascontiguousarray(training, dtype=np.float32)
-        for part in self._parts:
-            quantizer = faiss.downcast_index(part.index)
-            quantizer.sq.rangestat_arg = _RANGE_MARGIN
-            quantizer.train(training)
+            lo, hi = np.full(self.dim, -r), np.full(self.dim, r)
+        else:
+            sample = np.asarray(training, dtype=np.float64)
+            lo, hi = sample.min(axis=0), sample.max(axis=0)
+        half = np.maximum((hi - lo) / 2.0 * (1.0 + 2.0 * _RANGE_MARGIN), 1e-12)
+        self._centre = ((hi + lo) / 2.0).astype(np.float32)
+        self._scale = (127.0 / half).astype(np.float32)
+
+    def _encode(self, vectors: np.ndarray) -> np.ndarray:
+        """int8: the codes as the float integers ``QT_8bit_direct_signed`` stores exactly."""
+        y = (np.asarray(vectors, dtype=np.float32) - self._centre) * self._scale
+        return np.clip(np.rint(y), -128.0, 127.0).astype(np.float32)
+
+    @property
+    def centre_norm(self) -> float:
+        return float(np.linalg.norm(self._centre.astype(np.float64)))
+
+    def _query_codes(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """int8: per query the integer query ``u``, its factor ``a`` and the rounding norm ``|q / s - u / a|``."""
+        scaled = np.asarray(queries, dtype=np.float64) / self._scale
+        peak = np.abs(scaled).max(axis=1, keepdims=True)
+        factor = np.where(peak > 0, 127.0 / np.where(peak > 0, peak, 1.0), 1.0)
+        codes = np.clip(np.rint(scaled * factor), -127.0, 127.0)
+        rounding = np.linalg.norm(scaled - codes / factor, axis=1)
+        return codes.astype(np.float32), factor[:, 0], rounding
 
     @classmethod
     def from_flat(
@@ -156,11 +188,12 @@ class ExactScan:
             return
         self.max_norm = max(self.max_norm, float(np.linalg.norm(vectors, axis=1).max()))
         if self.codes == "int8":
-            quantizer = faiss.downcast_index(self._parts[0].index)
-            x = np.ascontiguousarray(vectors, dtype=np.float32)
-            decoded = quantizer.sa_decode(quantizer.sa_encode(x))
-            error = np.linalg.norm(x.astype(np.float64) - decoded.astype(np.float64), axis=1).max()
+            codes = self._encode(vectors)
+            decoded = codes.astype(np.float64) / self._scale + self._centre
+            error = np.linalg.norm(np.asarray(vectors, dtype=np.float64) - decoded, axis=1).max()
             self.max_error = max(self.max_error, float(error))
+            self.max_code_norm = max(self.max_code_norm, float(np.linalg.norm(codes.astype(np.float64), axis=1).max()))
+            vectors = codes
         emptiest_first = sorted(self._parts, key=lambda part: part.ntotal)
         pieces = np.array_split(np.arange(len(ids)), len(self._parts))  # largest pieces first
         for part, rows in zip(emptiest_first, pieces, strict=True):
@@ -185,14 +218,23 @@ class ExactScan:
         norms = np.linalg.norm(queries, axis=1)
         if self.codes == "fp16":
             return fp16_error_bound(norms, self.max_norm, self.dim)
-        return int8_error_bound(norms, self.max_norm, self.max_error, self.dim)
+        stored = int8_error_bound(norms, self.max_norm, self.max_error, self.dim, self.centre_norm)
+        return stored + self._query_codes(queries)[2] * self.max_code_norm
 
     def _scan(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` scan scores over all shards, in parallel, merged."""
+        """Top-``k`` scan scores over all shards, in parallel, merged (int8: the query scaled, q.m added)."""
+        offset = factor = None
+        if self.codes == "int8":
+            offset = (np.asarray(queries, dtype=np.float64) @ self._centre.astype(np.float64))[:, None]
+            queries, factor, _ = self._query_codes(queries)
+            factor = factor[:, None]
 
         def one(part: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
-            return part.search(queries, k, params=params)
+            scores, labels = part.search(queries, k, params=params)
+            if offset is not None:
+                scores = np.where(labels >= 0, scores / factor + offset, scores).astype(np.float32)
+            return scores, labels
 
         if self._pool is None:
             return one(self._parts[0])
