@@ -31,10 +31,10 @@ be clipped), so it is measured: the largest ``E = |x - (c / s + m)|`` of every a
 kept, and the largest code norm ``|c|max``. By Cauchy-Schwarz an int8 score is within ``|q| E`` (the
 stored vector) ``+ |q / s - u / a| |c|max`` (the query's rounding, known per query) of the exact score,
 plus float32 rounding in the scan's output and the re-rank (bounded by ``4 d 2**-24 |q| (|x|max + E +
-|m|)``); the proof and the widening are then as for fp16. The ranges are trained on the gallery's vectors when the scan is built
-(a sample of up to 65,536; +-2% margin), or set to +-4/sqrt(d) around 0 while fewer than 1,024 exist; a
-later vector outside them only raises E (more widening, never a wrong answer), and reopening the gallery
-trains them again. For unit vectors in 1280-d, E is about 0.01.
+|m|)``); the proof and the widening are then as for fp16. The ranges are trained on the gallery's
+vectors when the scan is built (a sample of up to 65,536; +-2% margin), or set to +-4/sqrt(d) around 0
+while fewer than 1,024 exist; a later vector outside them only raises E (more widening, never a wrong
+answer), and reopening the gallery trains them again. For unit vectors in 1280-d, E is about 0.01.
 
 Filters use the same ``IDSelectorBitmap`` as every other search: ``IndexIDMap2`` translates it for each
 shard. Memory on top of the master's 4 d bytes per item: 2 d (fp16) or d (int8); 1280-d: 7.7 or 6.4 KB
