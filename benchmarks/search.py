@@ -324,6 +324,30 @@ def bench_coalescing(index: Any, queries: np.ndarray, args: argparse.Namespace) 
     return out
 
 
+def bench_batch_scan(index: Any, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray],
+                     args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """IndexConfig.batch_scan="bf16": batches from a bf16 copy (proven float32 re-rank), its agreement with
+    float32, its memory, and the coalescing test again with it (singles still go to the exact scan)."""
+    n = index.ntotal
+    before = rss_bytes()
+    started = time.perf_counter()
+    index.attach_batch_scan()
+    out: dict[str, Any] = {
+        "build_s": time.perf_counter() - started,
+        "bytes_per_item": (rss_bytes() - before) / n,
+        "batch": args.batch,
+    }
+    out["batched_qps"] = time_batched(lambda q: index.search(q, TOP_K, None, n), queries, args.batch)
+    found = [index.search(queries[i : i + args.batch], TOP_K, None, n) for i in range(0, len(queries), args.batch)]
+    scores, labels = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    out["same_ids"] = float(np.mean(np.all(labels == truth[1], axis=1)))
+    out["max_score_diff"] = float(np.abs(scores - truth[0]).max())
+    out["coalescing"] = bench_coalescing(index, queries, args)
+    out["fallback_queries"] = index.describe()["batch_scan"]["fallbacks"]
+    logger.info("n=%d bf16 batch scan: %s", n, out)
+    return out
+
+
 def faiss_threads() -> int:
     import faiss
 
@@ -376,7 +400,9 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     numpy_p50 = float(np.mean([result["numpy"]["p50_ms"], result["numpy_again"]["p50_ms"]]))
     result["exact_vs_numpy"] = result["exact_fp16"]["p50_ms"] / numpy_p50
     result["exact_int8_vs_numpy"] = result["exact_int8"]["p50_ms"] / numpy_p50
-    result["coalescing"] = bench_coalescing(master, queries, args)
+    result["coalescing"] = bench_coalescing(master, queries, args)  # singles: int8 scan; batches: float32 master
+    result["batch_bf16"] = bench_batch_scan(master, queries, truth, args)
+    master.detach_batch_scan()
     master.detach_scan()  # the scan copy is freed before IVF takes its memory
     gc.collect()
     result["ivf"] = bench_ivf(vectors, queries, single, truth[1], args)
@@ -495,19 +521,33 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines += [
         "",
         "Search coalescing (service/search_batching.py): concurrent clients, each sending its next query when "
-        "the last is answered, through the service's SearchBatcher over the gallery's exact index; the two modes "
-        "alternate in one run.",
+        "the last is answered, through the service's SearchBatcher over the gallery's exact index (one query: the "
+        "int8 scan; a coalesced batch: the float32 master's matrix product, or the bf16 batch scan); the two "
+        "modes alternate in one run.",
         "",
-        "| gallery | clients | one at a time QPS | coalesced QPS | mean batch | p50 ms one / coalesced | speed-up |",
-        "|---:|---:|---:|---:|---:|---|---:|",
+        "| gallery | batches from | clients | one at a time QPS | coalesced QPS | mean batch "
+        "| p50 ms one / coalesced | speed-up |",
+        "|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
-        c = r["coalescing"]
-        one, co = c["one_at_a_time"], c["coalesced"]
-        lines.append(
-            f"| {r['n']:,} | {c['clients']} | {one['qps']:.2f} | {co['qps']:.2f} | {co['mean_batch']:.1f} | "
-            f"{one['p50_ms']:.0f} / {co['p50_ms']:.0f} | x{c['speedup']:.2f} |"
-        )
+        for label, c in (("float32 master", r["coalescing"]), ("bf16 batch scan", r.get("batch_bf16", {}).get(
+                "coalescing"))):  # fmt: skip
+            if not c:
+                continue
+            one, co = c["one_at_a_time"], c["coalesced"]
+            lines.append(
+                f"| {r['n']:,} | {label} | {c['clients']} | {one['qps']:.2f} | {co['qps']:.2f} "
+                f"| {co['mean_batch']:.1f} | {one['p50_ms']:.0f} / {co['p50_ms']:.0f} | x{c['speedup']:.2f} |"
+            )
+    for r in results:
+        b = r.get("batch_bf16")
+        if b:
+            lines.append(
+                f"\nbf16 batch scan (`IndexConfig.batch_scan`): batches of {b['batch']} at {b['batched_qps']:.0f} "
+                f"QPS, same top-10 ids as float32 {b['same_ids']:.3f}, max score diff {b['max_score_diff']:.1e}, "
+                f"{b['fallback_queries']} queries answered by the float32 master, {b['bytes_per_item']:,.0f} bytes "
+                "per item more."
+            )
     lines += [
         "",
         "Gallery.search includes the filter mask and fetching the hits' items from SQLite. "

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from clipmc.gallery.batch_scan import BatchScan
 from clipmc.gallery.cagra import CAGRA_MAX_K, CagraIndex
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan
@@ -77,6 +78,9 @@ class IndexConfig:
     parallel shards and re-ranked in float32, with the same result as float32 search
     (``exact_scan.ExactScan``); ``"int8"`` does the same from 8-bit codes (half the bytes of fp16, its
     error measured per vector); ``"float32"`` searches the ``IndexFlatIP`` alone (least memory).
+    ``batch_scan="bf16"`` answers batches of exact (flat) searches, the ones the service's search
+    coalescing forms, from a bf16 copy (one bf16 matrix product, then the same proven float32 re-rank:
+    ``batch_scan.BatchScan``; 2 d bytes more per item); ``"off"`` (default) multiplies the float32 master.
     """
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
@@ -94,6 +98,7 @@ class IndexConfig:
     exact_scan: Literal["fp16", "int8", "float32"] = "fp16"
     scan_shards: int | None = None
     scan_candidates: int = DEFAULT_CANDIDATES
+    batch_scan: Literal["off", "bf16"] = "off"
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf"):
@@ -113,6 +118,8 @@ class IndexConfig:
             raise GalleryError("scan_shards must be at least 1")
         if self.scan_candidates < 1:
             raise GalleryError("scan_candidates must be at least 1")
+        if self.batch_scan not in ("off", "bf16"):
+            raise GalleryError(f"batch_scan must be 'off' or 'bf16', got {self.batch_scan!r}")
 
     def shards(self) -> int:
         """Threads one exact query is scanned with: ``scan_shards``, or FAISS's OpenMP thread count."""
@@ -158,6 +165,7 @@ class VectorIndex:
         self._cagra: CagraIndex | None = None
         self.gpu_stale = False  # a CAGRA graph was dropped by a write and waits for a rebuild
         self._scan: ExactScan | None = None
+        self._batch: BatchScan | None = None
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -202,6 +210,16 @@ class VectorIndex:
             raise GalleryError("the exact scan is for flat indexes")
         self._scan = ExactScan.from_flat(self.cpu, shards, candidates, codes)
         logger.info("%s exact scan over %d vectors in %d shards", codes, self._scan.ntotal, self._scan.shards)
+
+    def attach_batch_scan(self, candidates: int = DEFAULT_CANDIDATES) -> None:
+        """Answer batches of exact searches from a bf16 copy of this flat index (built now, kept in step)."""
+        if self.kind != "flat":
+            raise GalleryError("the batch scan is for flat indexes")
+        self._batch = BatchScan.from_flat(self.cpu, candidates)
+        logger.info("bf16 batch scan over %d vectors", self._batch.ntotal)
+
+    def detach_batch_scan(self) -> None:
+        self._batch = None
 
     def detach_scan(self) -> None:
         """Stop using (and free) the scan copy: exact searches go to the float32 index again."""
@@ -273,6 +291,7 @@ class VectorIndex:
         """Drop the GPU copy and stop the exact scan's threads (an index being replaced or closed)."""
         self.release_gpu()
         self.detach_scan()
+        self.detach_batch_scan()
 
     # -- contents ---------------------------------------------------------------------------------
 
@@ -310,6 +329,8 @@ class VectorIndex:
         self.cpu.add_with_ids(vectors, ids)
         if self._scan is not None:
             self._scan.add(ids, vectors)
+        if self._batch is not None:
+            self._batch.add(ids, vectors)
         if self._cagra is not None:
             self._drop_cagra()
         elif self._gpu is not None:
@@ -321,6 +342,8 @@ class VectorIndex:
         removed = int(self.cpu.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
         if removed and self._scan is not None:
             self._scan.remove(np.asarray(ids, dtype=np.int64))
+        if removed and self._batch is not None:
+            self._batch.remove(np.asarray(ids, dtype=np.int64))
         if removed and self._cagra is not None:
             self._drop_cagra()
         elif removed and self._gpu is not None:
@@ -336,13 +359,24 @@ class VectorIndex:
     # -- search -----------------------------------------------------------------------------------
 
     def _cpu_search(
-        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, available: int
+        self,
+        queries: np.ndarray,
+        k: int,
+        selector: faiss.IDSelector | None,
+        available: int,
+        mask: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "flat":
             if self._scan is not None and len(queries) < BATCH_BLAS_MIN:
                 return self._scan.search(self.cpu, queries, k, selector, available)
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
-            return self.cpu.search(queries, k, params=params)
+            batch = self._batch  # read once
+            if batch is None or len(queries) < BATCH_BLAS_MIN:
+                return self.cpu.search(queries, k, params=params)
+            scores, labels, unproven = batch.search(self.cpu, queries, k, mask, available)
+            if len(unproven):  # the bf16 scores could not prove these: the float32 master answers
+                scores[unproven], labels[unproven] = self.cpu.search(queries[unproven], k, params=params)
+            return scores, labels
         # IVF only scans nprobe lists; widen the scan for queries that came back short (few matching
         # items in the scanned lists) until they are complete or every list was scanned (exact).
         nprobe = min(self.nprobe, self.cpu.nlist)
@@ -372,7 +406,7 @@ class VectorIndex:
         selector, bitmap = selector_from_mask(mask) if mask is not None else (None, None)
         gpu = self._gpu  # read once: a write may drop a CAGRA graph while this search runs
         if gpu is None:
-            scores, labels = self._cpu_search(queries, k, selector, available)
+            scores, labels = self._cpu_search(queries, k, selector, available, mask)
             del bitmap
             return scores, labels
         # GPU indexes take no selector: over-fetch, drop what the mask rejects, redo short rows on the CPU.
@@ -391,7 +425,7 @@ class VectorIndex:
             labels[row, : len(kept)] = gpu_labels[row, kept]
         short = np.flatnonzero((labels >= 0).sum(axis=1) < min(k, available))
         if len(short):
-            scores[short], labels[short] = self._cpu_search(queries[short], k, selector, available)
+            scores[short], labels[short] = self._cpu_search(queries[short], k, selector, available, mask)
         del bitmap
         return scores, labels
 
@@ -406,4 +440,5 @@ class VectorIndex:
             "cagra": self._cagra.describe() if self._cagra is not None else None,
             "recall_at_10": self.recall_at_10,
             "exact_scan": self._scan.describe() if self._scan is not None else None,
+            "batch_scan": self._batch.describe() if self._batch is not None else None,
         }
