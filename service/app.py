@@ -31,7 +31,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from clipmc.export import Embedder, create_embedder
-from clipmc.gallery import BaseGallery, open_gallery
+from clipmc.gallery import BaseGallery, IndexConfig, open_gallery
 from clipmc.model.calibration import Calibration, CalibrationError, find_calibration, load_calibration
 from clipmc.service import schemas
 from clipmc.service.auth import FailedAuthLimiter, KeyRing, LoopbackOnlyMiddleware
@@ -66,7 +66,11 @@ def build_embedder(settings: Settings) -> Embedder:
 def open_service_gallery(settings: Settings, embedder: Embedder) -> BaseGallery:
     """Open (or create) the gallery for this model; another embedding_version refuses to open."""
     location = settings.milvus_uri if settings.gallery_backend == "milvus" and settings.milvus_uri else settings.gallery
-    return open_gallery(location, embedder.embedding_dim, embedder.embedding_version, backend=settings.gallery_backend)
+    options: dict[str, Any] = {}
+    if settings.gallery_backend == "faiss":
+        options["index"] = IndexConfig(exact_scan=settings.gallery_exact_scan, batch_scan=settings.gallery_batch_scan)
+    return open_gallery(location, embedder.embedding_dim, embedder.embedding_version,
+                        backend=settings.gallery_backend, **options)  # fmt: skip
 
 
 def check_compatible(embedder: Embedder, gallery: BaseGallery) -> None:

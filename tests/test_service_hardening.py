@@ -562,3 +562,21 @@ def test_settings_read_retention_from_the_environment(monkeypatch):
     monkeypatch.setenv("CLIPMC_RETENTION_DAYS", "0")
     with pytest.raises(ValueError, match="retention_days"):
         Settings()
+
+
+def test_settings_choose_the_gallerys_exact_and_batch_scans(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from clipmc.service.app import open_service_gallery
+    from clipmc.service.settings import Settings
+
+    monkeypatch.setenv("CLIPMC_GALLERY_EXACT_SCAN", "int8")
+    monkeypatch.setenv("CLIPMC_GALLERY_BATCH_SCAN", "bf16")
+    settings = Settings(gallery=tmp_path / "g")
+    embedder = SimpleNamespace(embedding_dim=8, embedding_version="test@1")
+    with open_service_gallery(settings, embedder) as gallery:
+        index = gallery.stats()["index"]
+        assert index["exact_scan"]["codes"] == "int8" and index["batch_scan"]["codes"] == "bf16"
+    monkeypatch.setenv("CLIPMC_GALLERY_BATCH_SCAN", "fp8")
+    with pytest.raises(ValueError, match="gallery_batch_scan"):
+        Settings()
