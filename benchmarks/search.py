@@ -325,13 +325,13 @@ def bench_coalescing(index: Any, queries: np.ndarray, args: argparse.Namespace) 
 
 
 def bench_batch_scan(index: Any, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray],
-                     args: argparse.Namespace, codes: str) -> dict[str, Any]:  # fmt: skip
-    """IndexConfig.batch_scan (bf16 or int8): batches from that copy (proven float32 re-rank), agreement
-    with float32, memory, and the coalescing test again with it (singles still go to the exact scan)."""
+                     args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """IndexConfig.batch_scan="bf16": batches from a bf16 copy (proven float32 re-rank), its agreement with
+    float32, its memory, and the coalescing test again with it (singles still go to the exact scan)."""
     n = index.ntotal
     before = rss_bytes()
     started = time.perf_counter()
-    index.attach_batch_scan(codes=codes)
+    index.attach_batch_scan()
     out: dict[str, Any] = {
         "build_s": time.perf_counter() - started,
         "bytes_per_item": (rss_bytes() - before) / n,
@@ -344,7 +344,7 @@ def bench_batch_scan(index: Any, queries: np.ndarray, truth: tuple[np.ndarray, n
     out["max_score_diff"] = float(np.abs(scores - truth[0]).max())
     out["coalescing"] = bench_coalescing(index, queries, args)
     out["fallback_queries"] = index.describe()["batch_scan"]["fallbacks"]
-    logger.info("n=%d %s batch scan: %s", n, codes, out)
+    logger.info("n=%d bf16 batch scan: %s", n, out)
     return out
 
 
@@ -401,10 +401,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     result["exact_vs_numpy"] = result["exact_fp16"]["p50_ms"] / numpy_p50
     result["exact_int8_vs_numpy"] = result["exact_int8"]["p50_ms"] / numpy_p50
     result["coalescing"] = bench_coalescing(master, queries, args)  # singles: int8 scan; batches: float32 master
-    for codes in ("bf16", "int8"):
-        result[f"batch_{codes}"] = bench_batch_scan(master, queries, truth, args, codes)
-        master.detach_batch_scan()
-        gc.collect()
+    result["batch_bf16"] = bench_batch_scan(master, queries, truth, args)
+    master.detach_batch_scan()
     master.detach_scan()  # the scan copy is freed before IVF takes its memory
     gc.collect()
     result["ivf"] = bench_ivf(vectors, queries, single, truth[1], args)
@@ -532,11 +530,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
-        sources = [("float32 master", r["coalescing"])]
-        sources += [
-            (f"{codes} batch scan", r.get(f"batch_{codes}", {}).get("coalescing")) for codes in ("bf16", "int8")
-        ]
-        for label, c in sources:
+        for label, c in (("float32 master", r["coalescing"]), ("bf16 batch scan", r.get("batch_bf16", {}).get(
+                "coalescing"))):  # fmt: skip
             if not c:
                 continue
             one, co = c["one_at_a_time"], c["coalesced"]
@@ -545,12 +540,10 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
                 f"| {co['mean_batch']:.1f} | {one['p50_ms']:.0f} / {co['p50_ms']:.0f} | x{c['speedup']:.2f} |"
             )
     for r in results:
-        for codes in ("bf16", "int8"):
-            b = r.get(f"batch_{codes}")
-            if not b:
-                continue
+        b = r.get("batch_bf16")
+        if b:
             lines.append(
-                f"\n{codes} batch scan (`IndexConfig.batch_scan`): batches of {b['batch']} at {b['batched_qps']:.0f} "
+                f"\nbf16 batch scan (`IndexConfig.batch_scan`): batches of {b['batch']} at {b['batched_qps']:.0f} "
                 f"QPS, same top-10 ids as float32 {b['same_ids']:.3f}, max score diff {b['max_score_diff']:.1e}, "
                 f"{b['fallback_queries']} queries answered by the float32 master, {b['bytes_per_item']:,.0f} bytes "
                 "per item more."

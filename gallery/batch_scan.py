@@ -16,12 +16,7 @@ most ``a_K + eps`` exactly; a query whose k-th re-ranked score is below that is 
 master instead (the caller's fallback), never approximately. For unit vectors in 1280-d eps is about
 0.006, so queries whose 10th and ``K``-th neighbours lie closer than that fall back.
 
-``codes="int8"`` keeps 8-bit codes instead (d bytes per item) and multiplies them with torch's exact
-integer product (``torch._int_mm``, int32 results: VNNI on CPUs that have it): the codes, the query's
-rounding to integers and the proof's bound are those of the int8 exact scan (``exact_scan``: a
-per-dimension centre and scale, the measured reconstruction error, the query's rounding).
-
-Memory: 2 d (bf16) or d (int8) bytes per item on top of the master and the scan copy; opt-in
+Memory: 2 d bytes per item (2.6 KB at 1280-d) on top of the master and the scan copy; opt-in
 (``IndexConfig.batch_scan``).
 """
 
@@ -32,8 +27,6 @@ import logging
 import faiss
 import numpy as np
 import torch
-
-from .exact_scan import ExactScan, int8_error_bound
 
 logger = logging.getLogger(__name__)
 
@@ -47,50 +40,27 @@ def bf16_error_bound(query_norms: np.ndarray, max_norm: float, dim: int) -> np.n
     return (query_norms * relative + 2.0**-126 * np.sqrt(dim)).astype(np.float64)
 
 
-BATCH_CODES = ("bf16", "int8")
-
-
 class BatchScan:
-    """A bf16 or int8 copy of a flat index's vectors, row-aligned with their ids, for batched exact search."""
+    """A bf16 copy of a flat index's vectors, row-aligned with their ids, for batched exact search."""
 
-    def __init__(
-        self,
-        dim: int,
-        candidates: int = DEFAULT_BATCH_CANDIDATES,
-        codes: str = "bf16",
-        training: np.ndarray | None = None,
-    ) -> None:
-        if codes not in BATCH_CODES:
-            raise ValueError(f"codes must be one of {BATCH_CODES}, got {codes!r}")
+    def __init__(self, dim: int, candidates: int = DEFAULT_BATCH_CANDIDATES) -> None:
         self.dim = int(dim)
-        self.codes = codes
         self.candidates = max(1, int(candidates))
-        dtype = torch.bfloat16 if codes == "bf16" else torch.int8
-        self._rows = torch.empty((0, self.dim), dtype=dtype)
+        self._rows = torch.empty((0, self.dim), dtype=torch.bfloat16)
         self._ids = np.empty(0, dtype=np.int64)
         self._n = 0
         self.max_norm = 0.0
-        # int8: the int8 exact scan's codec (centre, scale, measured error, query rounding); its own FAISS
-        # part is never filled, the codes live in this copy's int8 tensor.
-        self._int8 = ExactScan(self.dim, 1, codes="int8", training=training) if codes == "int8" else None
         self.fallbacks = 0  # queries handed back to the float32 master (for logs/tests)
 
     @classmethod
-    def from_flat(
-        cls, master: faiss.IndexIDMap2, candidates: int = DEFAULT_BATCH_CANDIDATES, codes: str = "bf16"
-    ) -> BatchScan:
-        """The copy of a flat ``IndexIDMap2(IndexFlatIP)`` (reading its storage in place; int8 ranges
-        trained on an evenly spaced sample of it, as the int8 exact scan's)."""
+    def from_flat(cls, master: faiss.IndexIDMap2, candidates: int = DEFAULT_BATCH_CANDIDATES) -> BatchScan:
+        """The bf16 copy of a flat ``IndexIDMap2(IndexFlatIP)`` (reading its storage in place)."""
+        scan = cls(master.d, candidates)
         n = int(master.ntotal)
-        vectors = ids = training = None
         if n:
             flat = faiss.downcast_index(master.index)
             vectors = faiss.rev_swig_ptr(flat.get_xb(), n * master.d).reshape(n, master.d)
             ids = faiss.vector_to_array(master.id_map)
-            if codes == "int8":
-                training = vectors[np.linspace(0, n - 1, min(n, 65536)).astype(np.int64)]
-        scan = cls(master.d, candidates, codes, training)
-        if vectors is not None and ids is not None:
             for start in range(0, n, 65536):
                 scan.add(ids[start : start + 65536], vectors[start : start + 65536])
         return scan
@@ -107,17 +77,13 @@ class BatchScan:
         self.max_norm = max(self.max_norm, float(np.linalg.norm(x, axis=1).max()))
         need = self._n + len(ids)
         if need > self._rows.shape[0]:
-            grown = torch.empty((max(need, 2 * self._rows.shape[0]), self.dim), dtype=self._rows.dtype)
+            grown = torch.empty((max(need, 2 * self._rows.shape[0]), self.dim), dtype=torch.bfloat16)
             grown[: self._n] = self._rows[: self._n]
             self._rows = grown
             ids_grown = np.empty(grown.shape[0], dtype=np.int64)
             ids_grown[: self._n] = self._ids[: self._n]
             self._ids = ids_grown
-        if self._int8 is None:
-            rows = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
-        else:
-            rows = torch.from_numpy(self._int8.measure_and_encode(x).astype(np.int8))
-        self._rows[self._n : need] = rows
+        self._rows[self._n : need] = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
         self._ids[self._n : need] = np.asarray(ids, dtype=np.int64)
         self._n = need
 
@@ -140,6 +106,8 @@ class BatchScan:
             (scores, ids, unproven): ``unproven`` are the query rows whose answer must come from the
             float32 master (their scores/ids rows are left empty).
         """
+        from .exact_scan import ExactScan
+
         nq = len(queries)
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = np.full((nq, k), -1, dtype=np.int64)
@@ -147,7 +115,8 @@ class BatchScan:
         fetch = min(max(k, self.candidates), available, n)
         if n == 0 or fetch == 0:
             return scores, labels, np.arange(nq)
-        approx = self._scores(queries, n)  # [nq, n]
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(torch.bfloat16)
+        approx = torch.mm(q, self._rows[:n].T).float()  # [nq, n]
         ids = self._ids[:n]
         if mask is not None:
             inside = ids < len(mask)
@@ -166,7 +135,7 @@ class BatchScan:
         if fetch >= min(available, n):
             proven = np.ones(nq, dtype=bool)  # every matching item was a candidate
         else:
-            bound = self.error_bound(queries)
+            bound = bf16_error_bound(np.linalg.norm(queries, axis=1), self.max_norm, self.dim)
             kth = best_scores[:, min(k, fetch) - 1].astype(np.float64)
             proven = kth >= top_scores[:, fetch - 1].astype(np.float64) + bound
         width = best_scores.shape[1]
@@ -176,29 +145,5 @@ class BatchScan:
         self.fallbacks += len(unproven)
         return scores, labels, unproven
 
-    def _scores(self, queries: np.ndarray, n: int) -> torch.Tensor:
-        """Approximate float32 scores [nq, n]: a bf16 product, or an exact int32 one rescaled (int8)."""
-        if self._int8 is None:
-            q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(torch.bfloat16)
-            return torch.mm(self._rows[:n], q.T).T.float()
-        codes, factor, _ = self._int8._query_codes(queries)
-        offset = np.asarray(queries, dtype=np.float64) @ self._int8._centre.astype(np.float64)
-        product = torch._int_mm(self._rows[:n], torch.from_numpy(codes.astype(np.int8)).T.contiguous())
-        scores = product.T.double() / torch.from_numpy(factor)[:, None] + torch.from_numpy(offset)[:, None]
-        return scores.float()
-
-    def error_bound(self, queries: np.ndarray) -> np.ndarray:
-        """Per query, the largest difference between its approximate score and its float32 score."""
-        norms = np.linalg.norm(queries, axis=1)
-        if self._int8 is None:
-            return bf16_error_bound(norms, self.max_norm, self.dim)
-        i8 = self._int8
-        stored = int8_error_bound(norms, self.max_norm, i8.max_error, self.dim, i8.centre_norm)
-        return stored + i8._query_codes(queries)[2] * i8.max_code_norm
-
     def describe(self) -> dict[str, object]:
-        out: dict[str, object] = {"codes": self.codes, "candidates": self.candidates, "fallbacks": self.fallbacks,
-                                  "ntotal": self._n}  # fmt: skip
-        if self._int8 is not None:
-            out["max_error"] = round(self._int8.max_error, 6)
-        return out
+        return {"codes": "bf16", "candidates": self.candidates, "fallbacks": self.fallbacks, "ntotal": self._n}

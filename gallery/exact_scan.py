@@ -140,15 +140,6 @@ class ExactScan:
         y = (np.asarray(vectors, dtype=np.float32) - self._centre) * self._scale
         return np.clip(np.rint(y), -128.0, 127.0).astype(np.float32)
 
-    def measure_and_encode(self, vectors: np.ndarray) -> np.ndarray:
-        """int8: the codes of ``vectors``, raising the measured error and code norm the bound uses."""
-        codes = self._encode(vectors)
-        decoded = codes.astype(np.float64) / self._scale + self._centre
-        error = np.linalg.norm(np.asarray(vectors, dtype=np.float64) - decoded, axis=1).max()
-        self.max_error = max(self.max_error, float(error))
-        self.max_code_norm = max(self.max_code_norm, float(np.linalg.norm(codes.astype(np.float64), axis=1).max()))
-        return codes
-
     @property
     def centre_norm(self) -> float:
         return float(np.linalg.norm(self._centre.astype(np.float64)))
@@ -197,7 +188,12 @@ class ExactScan:
             return
         self.max_norm = max(self.max_norm, float(np.linalg.norm(vectors, axis=1).max()))
         if self.codes == "int8":
-            vectors = self.measure_and_encode(vectors)
+            codes = self._encode(vectors)
+            decoded = codes.astype(np.float64) / self._scale + self._centre
+            error = np.linalg.norm(np.asarray(vectors, dtype=np.float64) - decoded, axis=1).max()
+            self.max_error = max(self.max_error, float(error))
+            self.max_code_norm = max(self.max_code_norm, float(np.linalg.norm(codes.astype(np.float64), axis=1).max()))
+            vectors = codes
         emptiest_first = sorted(self._parts, key=lambda part: part.ntotal)
         pieces = np.array_split(np.arange(len(ids)), len(self._parts))  # largest pieces first
         for part, rows in zip(emptiest_first, pieces, strict=True):

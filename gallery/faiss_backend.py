@@ -445,8 +445,8 @@ class FaissGallery(BaseGallery):
             )
         if index.kind == "flat" and self.config.exact_scan != "float32":
             index.attach_scan(self.config.shards(), self.config.scan_candidates, self.config.exact_scan)
-        if index.kind == "flat" and self.config.batch_scan != "off":
-            index.attach_batch_scan(self.config.scan_candidates, self.config.batch_scan)
+        if index.kind == "flat" and self.config.batch_scan == "bf16":
+            index.attach_batch_scan(self.config.scan_candidates)
 
     def _ensure_index(self) -> VectorIndex:
         if self._index is None:  # read-only galleries build theirs on first use

@@ -80,8 +80,7 @@ class IndexConfig:
     error measured per vector); ``"float32"`` searches the ``IndexFlatIP`` alone (least memory).
     ``batch_scan="bf16"`` answers batches of exact (flat) searches, the ones the service's search
     coalescing forms, from a bf16 copy (one bf16 matrix product, then the same proven float32 re-rank:
-    ``batch_scan.BatchScan``; 2 d bytes more per item), ``"int8"`` from 8-bit codes with torch's exact integer
-    product (d bytes more per item); ``"off"`` (default) multiplies the float32 master.
+    ``batch_scan.BatchScan``; 2 d bytes more per item); ``"off"`` (default) multiplies the float32 master.
     """
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
@@ -99,7 +98,7 @@ class IndexConfig:
     exact_scan: Literal["fp16", "int8", "float32"] = "fp16"
     scan_shards: int | None = None
     scan_candidates: int = DEFAULT_CANDIDATES
-    batch_scan: Literal["off", "bf16", "int8"] = "off"
+    batch_scan: Literal["off", "bf16"] = "off"
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf"):
@@ -119,8 +118,8 @@ class IndexConfig:
             raise GalleryError("scan_shards must be at least 1")
         if self.scan_candidates < 1:
             raise GalleryError("scan_candidates must be at least 1")
-        if self.batch_scan not in ("off", "bf16", "int8"):
-            raise GalleryError(f"batch_scan must be 'off', 'bf16' or 'int8', got {self.batch_scan!r}")
+        if self.batch_scan not in ("off", "bf16"):
+            raise GalleryError(f"batch_scan must be 'off' or 'bf16', got {self.batch_scan!r}")
 
     def shards(self) -> int:
         """Threads one exact query is scanned with: ``scan_shards``, or FAISS's OpenMP thread count."""
@@ -212,13 +211,12 @@ class VectorIndex:
         self._scan = ExactScan.from_flat(self.cpu, shards, candidates, codes)
         logger.info("%s exact scan over %d vectors in %d shards", codes, self._scan.ntotal, self._scan.shards)
 
-    def attach_batch_scan(self, candidates: int = DEFAULT_CANDIDATES, codes: str = "bf16") -> None:
-        """Answer batches of exact searches from a bf16 or int8 copy of this flat index (built now, kept in
-        step)."""
+    def attach_batch_scan(self, candidates: int = DEFAULT_CANDIDATES) -> None:
+        """Answer batches of exact searches from a bf16 copy of this flat index (built now, kept in step)."""
         if self.kind != "flat":
             raise GalleryError("the batch scan is for flat indexes")
-        self._batch = BatchScan.from_flat(self.cpu, candidates, codes)
-        logger.info("%s batch scan over %d vectors", codes, self._batch.ntotal)
+        self._batch = BatchScan.from_flat(self.cpu, candidates)
+        logger.info("bf16 batch scan over %d vectors", self._batch.ntotal)
 
     def detach_batch_scan(self) -> None:
         self._batch = None

@@ -149,8 +149,8 @@ class Settings(BaseSettings):
     gallery_exact_scan: Literal["fp16", "int8", "float32"] = Field(
         "fp16", description="FAISS gallery: the copy one exact query scans (gallery.IndexConfig.exact_scan)"
     )
-    gallery_batch_scan: Literal["off", "bf16", "int8"] = Field(
-        "off", description="FAISS gallery: score coalesced batches from a bf16 or int8 copy (IndexConfig.batch_scan)"
+    gallery_batch_scan: Literal["off", "bf16"] = Field(
+        "off", description="FAISS gallery: 'bf16' scores coalesced batches from a bf16 copy (IndexConfig.batch_scan)"
     )
     milvus_uri: str | None = Field(None, description="Milvus server URI; unset: Milvus Lite in the gallery dir")
     thumbnails_dir: Path | None = Field(None, description="default: <gallery>/thumbs")

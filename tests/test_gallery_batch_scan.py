@@ -29,9 +29,8 @@ def test_bf16_error_bound_covers_the_bf16_scores() -> None:
     assert (np.abs(approx - exact).max(axis=1) > bound / 20).all()  # the bound is not vacuous
 
 
-@pytest.mark.parametrize("codes", ["bf16", "int8"])
 @pytest.mark.parametrize("spread", [None, 0.002])
-def test_batched_search_equals_float32_with_masks_removes_and_adds(spread: float | None, codes: str) -> None:
+def test_batched_search_equals_float32_with_masks_removes_and_adds(spread: float | None) -> None:
     """Random vectors are proven from bf16; near-duplicates (``spread``) are not, and fall back."""
     rng = np.random.default_rng(5)
     dim, n = 64, 3000
@@ -39,7 +38,7 @@ def test_batched_search_equals_float32_with_masks_removes_and_adds(spread: float
     ids = np.arange(10, 10 + n, dtype=np.int64)
     index = VectorIndex.flat(dim)
     index.add(ids[:2000], x[:2000])
-    index.attach_batch_scan(candidates=64, codes=codes)
+    index.attach_batch_scan(candidates=64)
     index.add(ids[2000:], x[2000:])  # kept in step after it was built
     queries = x[rng.integers(0, n, 2 * BATCH_BLAS_MIN + 1)] + 0.05 * unit_vectors(rng, 2 * BATCH_BLAS_MIN + 1, dim)
     mask = np.zeros(10 + n, dtype=bool)
@@ -54,10 +53,10 @@ def test_batched_search_equals_float32_with_masks_removes_and_adds(spread: float
     found = index.search(queries, 10, None, int(keep.sum()))
     assert_same(found, float32_exact(x[keep], ids[keep], queries, 10, None), tie)
     info = index.describe()["batch_scan"]
-    assert info["codes"] == codes and info["ntotal"] == int(keep.sum())
-    if spread is None and codes == "bf16":
-        assert info["fallbacks"] == 0  # (int8's measured error in 64-d is large: it may fall back here)
-    elif spread is not None:
+    assert info["codes"] == "bf16" and info["ntotal"] == int(keep.sum())
+    if spread is None:
+        assert info["fallbacks"] == 0
+    else:
         assert info["fallbacks"] > 0  # gaps below the bf16 bound: answered by the float32 master
     # One query goes to the exact scan or the master, never to the batch scan.
     assert_same(index.search(queries[:1], 10, None, int(keep.sum())),
@@ -79,36 +78,19 @@ def test_few_matching_items_are_all_candidates() -> None:
     assert_same((scores, labels), float32_exact(x, np.arange(500), queries, 10, mask))
 
 
-def test_int8_batch_bound_covers_its_scores() -> None:
-    rng = np.random.default_rng(4)
-    dim = 256
-    x = unit_vectors(rng, 3000, dim)
-    x[1500:, :8] *= 6.0  # outside the trained ranges: clipped, the measured error grows
-    scan = BatchScan(dim, codes="int8", training=x[:1500])
-    scan.add(np.arange(3000), x)
-    q = unit_vectors(rng, 8, dim)
-    approx = scan._scores(q, 3000).numpy().astype(np.float64)
-    exact = q.astype(np.float64) @ x.T.astype(np.float64)
-    assert (np.abs(approx - exact) <= scan.error_bound(q)[:, None]).all()
-    with pytest.raises(ValueError, match="codes"):
-        BatchScan(dim, codes="fp8")
-
-
-@pytest.mark.parametrize("codes", ["bf16", "int8"])
-def test_gallery_batch_scan_option(tmp_path: Path, codes: str) -> None:
+def test_gallery_batch_scan_option(tmp_path: Path) -> None:
     rng = np.random.default_rng(11)
     dim, n = 32, 600
     vectors = unit_vectors(rng, n, dim)
     items = [Item(vector=vectors[i], modality=i % 2, camera=f"c{i % 5}", external_id=f"e{i}") for i in range(n)]
     queries = unit_vectors(rng, 6, dim)
     with (
-        open_gallery(tmp_path / "b", dim, VERSION, index=IndexConfig(kind="flat", batch_scan=codes)) as fast,
+        open_gallery(tmp_path / "b", dim, VERSION, index=IndexConfig(kind="flat", batch_scan="bf16")) as fast,
         open_gallery(tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32")) as slow,
     ):
         fast.add(items)
         slow.add(items)
         assert fast.stats()["index"]["batch_scan"]["ntotal"] == n
-        assert fast.stats()["index"]["batch_scan"]["codes"] == codes
         assert slow.stats()["index"]["batch_scan"] is None
         for f in (None, Filters(modality=1), Filters(cameras=["c1", "c3"])):
             a, b = fast.search(queries, 10, f), slow.search(queries, 10, f)
