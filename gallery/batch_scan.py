@@ -10,10 +10,12 @@ exactly from the float32 master, as the exact scan does.
 Why the answer equals float32 exact search: rounding to bf16 (8-bit significand, round to nearest) moves
 each component of a vector and of a query by at most 2**-9 of itself, and torch's bf16 product
 accumulates in float32 and rounds its result to bf16 once more. So a bf16 score is within
-``eps = |q| |x|max (3 * 2**-9 + 2**-17 + 2 d 2**-24) + 2**-126 sqrt(d)`` of the float32 one (the last term
-covers bf16's subnormals). Every vector left out of the candidates scored at most ``a_K`` in bf16, so at
-most ``a_K + eps`` exactly; a query whose k-th re-ranked score is below that is answered by the float32
-master instead (the caller's fallback), never approximately. For unit vectors in 1280-d eps is about
+``eps = |q| |x|max (3 * 2**-9 + 2**-17 + 2 d 2**-24) + 2**-126 (sqrt(d) (|q| + |x|max) + d)`` of the
+float32 one (the last term covers subnormal inputs and products, which bf16 hardware may flush to zero).
+Every vector left out of the candidates scored at most ``a_K`` in bf16, so at most ``a_K + eps``
+exactly; a query whose k-th re-ranked score is below that is answered by the float32 master instead
+(the caller's fallback), never approximately. Scores are re-ranked with NumPy's float32 dot product,
+not FAISS's kernel: ties closer than about d 2**-24 may come in either order. For unit vectors in 1280-d eps is about
 0.006, so queries whose 10th and ``K``-th neighbours lie closer than that fall back.
 
 Memory: 2 d bytes per item (2.6 KB at 1280-d) on top of the master and the scan copy; opt-in
@@ -36,8 +38,11 @@ DEFAULT_BATCH_CANDIDATES = 256
 
 def bf16_error_bound(query_norms: np.ndarray, max_norm: float, dim: int) -> np.ndarray:
     """The largest difference between a query's bf16 score and its float32 score (see module doc)."""
+    norms = np.asarray(query_norms, dtype=np.float64)
     relative = max_norm * (3.0 * 2.0**-9 + 2.0**-17 + 2.0 * dim * 2.0**-24)
-    return (query_norms * relative + 2.0**-126 * np.sqrt(dim)).astype(np.float64)
+    # bf16 hardware may flush subnormal inputs and products to zero: an absolute term for each.
+    subnormal = 2.0**-126 * (np.sqrt(dim) * (norms + max_norm) + dim)
+    return norms * relative + subnormal
 
 
 class BatchScan:
@@ -74,7 +79,7 @@ class BatchScan:
         if not len(ids):
             return
         x = np.asarray(vectors, dtype=np.float32)
-        self.max_norm = max(self.max_norm, float(np.linalg.norm(x, axis=1).max()))
+        self.max_norm = max(self.max_norm, float(np.linalg.norm(x.astype(np.float64), axis=1).max()))
         need = self._n + len(ids)
         if need > self._rows.shape[0]:
             grown = torch.empty((max(need, 2 * self._rows.shape[0]), self.dim), dtype=torch.bfloat16)
@@ -135,7 +140,8 @@ class BatchScan:
         if fetch >= min(available, n):
             proven = np.ones(nq, dtype=bool)  # every matching item was a candidate
         else:
-            bound = bf16_error_bound(np.linalg.norm(queries, axis=1), self.max_norm, self.dim)
+            norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
+            bound = bf16_error_bound(norms, self.max_norm, self.dim)
             kth = best_scores[:, min(k, fetch) - 1].astype(np.float64)
             proven = kth >= top_scores[:, fetch - 1].astype(np.float64) + bound
         width = best_scores.shape[1]

@@ -186,7 +186,7 @@ class ExactScan:
         """Spread a batch over the shards, the largest pieces to the emptiest shards (balanced scans)."""
         if not len(ids):
             return
-        self.max_norm = max(self.max_norm, float(np.linalg.norm(vectors, axis=1).max()))
+        self.max_norm = max(self.max_norm, float(np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1).max()))
         if self.codes == "int8":
             codes = self._encode(vectors)
             decoded = codes.astype(np.float64) / self._scale + self._centre
@@ -215,7 +215,7 @@ class ExactScan:
 
     def error_bound(self, queries: np.ndarray) -> np.ndarray:
         """Per query, the largest difference between its scan score and its float32 score."""
-        norms = np.linalg.norm(queries, axis=1)
+        norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
         if self.codes == "fp16":
             return fp16_error_bound(norms, self.max_norm, self.dim)
         stored = int8_error_bound(norms, self.max_norm, self.max_error, self.dim, self.centre_norm)

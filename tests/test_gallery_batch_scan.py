@@ -70,12 +70,14 @@ def test_few_matching_items_are_all_candidates() -> None:
     scan.add(np.arange(500), x)
     index = VectorIndex.flat(32)
     index.add(np.arange(500), x)
-    mask = np.zeros(500, dtype=bool)
+    mask = np.zeros(401, dtype=bool)  # shorter than the largest id: ids beyond it do not match
     mask[[3, 70, 400]] = True
     queries = unit_vectors(rng, 4, 32)
     scores, labels, unproven = scan.search(index.cpu, queries, 10, mask, 3)
     assert len(unproven) == 0
-    assert_same((scores, labels), float32_exact(x, np.arange(500), queries, 10, mask))
+    full = np.zeros(500, dtype=bool)
+    full[:401] = mask
+    assert_same((scores, labels), float32_exact(x, np.arange(500), queries, 10, full))
 
 
 def test_gallery_batch_scan_option(tmp_path: Path) -> None:
