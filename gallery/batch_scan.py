@@ -3,9 +3,10 @@
 Why: the service coalesces concurrent searches into batches (service/search_batching.py). One query is a
 memory-bound scan (``exact_scan.ExactScan``), but a batch of 16 against 1M x 1280 float32 vectors is a
 41 GFLOP matrix product, compute-bound on a small CPU. On CPUs with AVX-512 BF16 (or AMX) torch's bf16
-matrix product runs several times faster than float32's (2-core AMD EPYC, 1M x 1280 x 16: 115 ms against
-495 ms), so this copy scores a batch in bf16, keeps each query's top ``K`` candidates, and re-scores them
-exactly from the float32 master, as the exact scan does.
+matrix product is faster than float32's (2-core AMD EPYC, 1M x 1280 x 16, a one-off probe: 115-168 ms
+against 495 ms for the product alone; end to end in ``benchmarks/search.py``, with the top-k selection and
+the re-rank, 47-57 against 46 batched QPS), so this copy scores a batch in bf16, keeps each query's top
+``K`` candidates, and re-scores them exactly from the float32 master, as the exact scan does.
 
 Why the answer equals float32 exact search: rounding to bf16 (8-bit significand, round to nearest) moves
 each component of a vector and of a query by at most 2**-9 of itself, and torch's bf16 product
@@ -15,8 +16,8 @@ float32 one (the last term covers subnormal inputs and products, which bf16 hard
 Every vector left out of the candidates scored at most ``a_K`` in bf16, so at most ``a_K + eps``
 exactly; a query whose k-th re-ranked score is below that is answered by the float32 master instead
 (the caller's fallback), never approximately. Scores are re-ranked with NumPy's float32 dot product,
-not FAISS's kernel: ties closer than about d 2**-24 may come in either order. For unit vectors in 1280-d eps is about
-0.006, so queries whose 10th and ``K``-th neighbours lie closer than that fall back.
+not FAISS's kernel: ties closer than about d 2**-24 may come in either order. For unit vectors in 1280-d
+eps is about 0.006, so queries whose 10th and ``K``-th neighbours lie closer than that fall back.
 
 Memory: 2 d bytes per item (2.6 KB at 1280-d) on top of the master and the scan copy; opt-in
 (``IndexConfig.batch_scan``).
@@ -29,6 +30,8 @@ import logging
 import faiss
 import numpy as np
 import torch
+
+from .exact_scan import flat_storage, rerank_and_prove
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +64,9 @@ class BatchScan:
     def from_flat(cls, master: faiss.IndexIDMap2, candidates: int = DEFAULT_BATCH_CANDIDATES) -> BatchScan:
         """The bf16 copy of a flat ``IndexIDMap2(IndexFlatIP)`` (reading its storage in place)."""
         scan = cls(master.d, candidates)
-        n = int(master.ntotal)
-        if n:
-            flat = faiss.downcast_index(master.index)
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * master.d).reshape(n, master.d)
-            ids = faiss.vector_to_array(master.id_map)
-            for start in range(0, n, 65536):
-                scan.add(ids[start : start + 65536], vectors[start : start + 65536])
+        ids, vectors = flat_storage(master)
+        for start in range(0, len(ids), 65536):
+            scan.add(ids[start : start + 65536], vectors[start : start + 65536])
         return scan
 
     @property
@@ -111,8 +110,6 @@ class BatchScan:
             (scores, ids, unproven): ``unproven`` are the query rows whose answer must come from the
             float32 master (their scores/ids rows are left empty).
         """
-        from .exact_scan import ExactScan
-
         nq = len(queries)
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = np.full((nq, k), -1, dtype=np.int64)
@@ -132,18 +129,12 @@ class BatchScan:
         top_scores, top_rows = top_scores.numpy(), top_rows.numpy()
         found = ids[top_rows]
         found[~np.isfinite(top_scores)] = -1
-        exact = ExactScan._rescore(master, queries, found)
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(exact, order, axis=1)
-        best_labels = np.take_along_axis(found, order, axis=1)
-        best_labels[~np.isfinite(best_scores)] = -1
-        if fetch >= min(available, n):
-            proven = np.ones(nq, dtype=bool)  # every matching item was a candidate
-        else:
-            norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
-            bound = bf16_error_bound(norms, self.max_norm, self.dim)
-            kth = best_scores[:, min(k, fetch) - 1].astype(np.float64)
-            proven = kth >= top_scores[:, fetch - 1].astype(np.float64) + bound
+        norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
+        complete = fetch >= min(available, n)  # every matching item was a candidate
+        best_scores, best_labels, proven = rerank_and_prove(
+            master, queries, found, top_scores[:, fetch - 1], k, complete,
+            bf16_error_bound(norms, self.max_norm, self.dim),
+        )  # fmt: skip
         width = best_scores.shape[1]
         scores[proven, :width] = best_scores[proven]
         labels[proven, :width] = best_labels[proven]

@@ -78,6 +78,64 @@ def int8_error_bound(
     return (query_norms * relative).astype(np.float64)
 
 
+def flat_storage(master: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 vectors) of a flat ``IndexIDMap2(IndexFlatIP)``, the vectors read in place (no copy)."""
+    n = int(master.ntotal)
+    if not n:
+        return np.empty(0, dtype=np.int64), np.empty((0, master.d), dtype=np.float32)
+    flat = faiss.downcast_index(master.index)
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * master.d).reshape(n, master.d)
+    return faiss.vector_to_array(master.id_map), vectors
+
+
+def rescore(master: faiss.IndexIDMap2, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """float32 scores of each query against its candidates ``found`` (ids; -inf where there is none)."""
+    valid = found >= 0
+    flat_ids = found[valid]
+    out = np.full(found.shape, -np.inf, dtype=np.float32)
+    if not len(flat_ids):
+        return out
+    vectors = master.reconstruct_batch(flat_ids)
+    rows = np.nonzero(valid)[0]
+    out[valid] = np.einsum("ij,ij->i", vectors, queries[rows])
+    return out
+
+
+def rerank_and_prove(
+    master: faiss.IndexIDMap2,
+    queries: np.ndarray,
+    found: np.ndarray,
+    last_approx: np.ndarray,
+    k: int,
+    complete: bool,
+    bound: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact top-``k`` of each query's candidates, and whether it is proven to be the true top-``k``.
+
+    Args:
+        master: the float32 index the candidates are re-scored from.
+        queries: [nq, d].
+        found: [nq, K] candidate ids from an approximate scan (-1: none).
+        last_approx: [nq] the K-th candidate's approximate score: every item left out scored at most that.
+        k: results wanted.
+        complete: every matching item was a candidate (proven without the bound).
+        bound: [nq] the largest difference between an approximate and a float32 score.
+
+    Returns:
+        (scores [nq, <=k], ids, proven [nq] bool): proven when the k-th exact score is at least
+        ``last_approx + bound``, so no left-out item can enter the top-k.
+    """
+    exact = rescore(master, queries, found)
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(exact, order, axis=1)
+    top_labels = np.take_along_axis(found, order, axis=1)
+    top_labels[~np.isfinite(top_scores)] = -1
+    if complete:
+        return top_scores, top_labels, np.ones(len(queries), dtype=bool)
+    kth = top_scores[:, min(k, found.shape[1]) - 1].astype(np.float64)
+    return top_scores, top_labels, kth >= last_approx.astype(np.float64) + bound
+
+
 class ExactScan:
     """An fp16 or int8 copy of a flat index, sharded for parallel scans, that answers exact top-k with its
     master.
@@ -159,19 +217,14 @@ class ExactScan:
     ) -> ExactScan:
         """Build the fp16 or int8 copy of a flat ``IndexIDMap2(IndexFlatIP)`` (reading its storage in place;
         int8 ranges trained on an evenly spaced sample of it)."""
-        n = int(master.ntotal)
-        vectors = ids = None
-        if n:
-            flat = faiss.downcast_index(master.index)
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * master.d).reshape(n, master.d)
-            ids = faiss.vector_to_array(master.id_map)
+        ids, vectors = flat_storage(master)
+        n = len(ids)
         training = None
-        if codes == "int8" and vectors is not None:
+        if codes == "int8" and n:
             training = vectors[np.linspace(0, n - 1, min(n, _MAX_TRAIN)).astype(np.int64)]
         scan = cls(master.d, shards, candidates, codes, training)
-        if vectors is not None:
-            for start in range(0, n, _COPY_ROWS):
-                scan.add(ids[start : start + _COPY_ROWS], vectors[start : start + _COPY_ROWS])
+        for start in range(0, n, _COPY_ROWS):
+            scan.add(ids[start : start + _COPY_ROWS], vectors[start : start + _COPY_ROWS])
         return scan
 
     @property
@@ -265,17 +318,10 @@ class ExactScan:
         while len(rows):
             fetch = min(wanted, available, self.ntotal)
             approx, found = self._scan(queries[rows], fetch, selector)
-            exact = self._rescore(master, queries[rows], found)
-            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-            top_scores = np.take_along_axis(exact, order, axis=1)
-            top_labels = np.take_along_axis(found, order, axis=1)
-            top_labels[~np.isfinite(top_scores)] = -1
             complete = fetch >= min(available, self.ntotal)  # every matching item was a candidate
-            if complete:
-                proven = np.ones(len(rows), dtype=bool)
-            else:
-                kth = top_scores[:, min(k, fetch) - 1].astype(np.float64)
-                proven = kth >= approx[:, fetch - 1].astype(np.float64) + bound[rows]
+            top_scores, top_labels, proven = rerank_and_prove(
+                master, queries[rows], found, approx[:, fetch - 1], k, complete, bound[rows]
+            )
             done = rows[proven]
             width = top_scores.shape[1]
             scores[done, :width] = top_scores[proven]
@@ -286,19 +332,6 @@ class ExactScan:
             rows = rows[~proven]
             wanted *= 4
         return scores, labels
-
-    @staticmethod
-    def _rescore(master: faiss.IndexIDMap2, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
-        """float32 scores of each query against its candidates (-inf where there is none)."""
-        valid = found >= 0
-        flat_ids = found[valid]
-        out = np.full(found.shape, -np.inf, dtype=np.float32)
-        if not len(flat_ids):
-            return out
-        vectors = master.reconstruct_batch(flat_ids)
-        rows = np.nonzero(valid)[0]
-        out[valid] = np.einsum("ij,ij->i", vectors, queries[rows])
-        return out
 
     def describe(self) -> dict[str, Any]:
         out = {"codes": self.codes, "shards": self.shards, "candidates": self.candidates, "widened": self.widened}

@@ -24,15 +24,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
 
-from clipmc.gallery.batch_scan import BatchScan
 from clipmc.gallery.cagra import CAGRA_MAX_K, CagraIndex
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan
+
+if TYPE_CHECKING:
+    from clipmc.gallery.batch_scan import BatchScan  # imports torch: loaded only when a batch scan is asked for
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +215,8 @@ class VectorIndex:
 
     def attach_batch_scan(self, candidates: int = DEFAULT_CANDIDATES) -> None:
         """Answer batches of exact searches from a bf16 copy of this flat index (built now, kept in step)."""
+        from clipmc.gallery.batch_scan import BatchScan
+
         if self.kind != "flat":
             raise GalleryError("the batch scan is for flat indexes")
         self._batch = BatchScan.from_flat(self.cpu, candidates)

@@ -26,7 +26,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,8 +303,7 @@ def pretrain(
     from .trainer import append_csv_row
 
     cfg.validate()
-    if eval_data is not None and not (Path(eval_data) / CAPTIONS).is_file():
-        raise PretrainError(f"--eval-data {eval_data}: no {CAPTIONS}")
+    _check_eval_data(eval_data)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     weights_path, metrics_path, run_dir = output_paths(out)
@@ -409,6 +408,11 @@ def pretrain(
     return metrics
 
 
+def _check_eval_data(eval_data: str | Path | None) -> None:
+    if eval_data is not None and not (Path(eval_data) / CAPTIONS).is_file():
+        raise PretrainError(f"--eval-data {eval_data}: no {CAPTIONS}")
+
+
 def evaluate_all(model: torch.nn.Module, tokenizer: Any, data: str | Path, image_size: tuple[int, int],
                  progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """``evaluate_zero_shot`` on every identity of a captioned folder (a draw no option was chosen on)."""
@@ -420,13 +424,14 @@ def evaluate_all(model: torch.nn.Module, tokenizer: Any, data: str | Path, image
 def evaluate_weights(data: str | Path, out: str | Path, cfg: PretrainConfig, *, eval_data: str | Path | None = None,
                      progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Evaluate the weights a run wrote (``out``) again, without training: the held-out identities of
-    ``data`` (the same seeded draw as the run's) and ``eval_data``; the run's own fields in the metrics
-    JSON (steps, time, options) are kept, the evaluations replaced.
+    ``data`` and ``eval_data``; the run's own fields in the metrics JSON (steps, time, options) are kept,
+    the evaluations replaced. The held-out draw is the run's: ``arch``, ``holdout`` and ``seed`` recorded
+    in its metrics JSON win over ``cfg``'s (other values would evaluate on identities it trained on).
 
     Args:
         data: the run's captioned folder.
         out: the weights file the run wrote.
-        cfg: the run's options (``arch``, ``holdout`` and ``seed`` matter here).
+        cfg: ``arch``, ``holdout`` and ``seed`` where the run recorded none, and ``threads``.
         eval_data: a second captioned folder evaluated in full.
         progress: show progress bars.
 
@@ -439,8 +444,15 @@ def evaluate_weights(data: str | Path, out: str | Path, cfg: PretrainConfig, *, 
     weights_path, metrics_path, _ = output_paths(out)
     if not weights_path.is_file():
         raise PretrainError(f"--evaluate-only: {weights_path} does not exist (train it first)")
-    if eval_data is not None and not (Path(eval_data) / CAPTIONS).is_file():
-        raise PretrainError(f"--eval-data {eval_data}: no {CAPTIONS}")
+    _check_eval_data(eval_data)
+    previous: dict[str, Any] = {}
+    if metrics_path.is_file():
+        previous = {k: v for k, v in json.loads(metrics_path.read_text(encoding="utf-8")).items()
+                    if k not in ("zero_shot", "text_to_image", "eval_data")}  # fmt: skip
+    recorded = {k: v for k, v in previous.get("options", {}).items() if k in ("arch", "holdout", "seed")}
+    if any(getattr(cfg, k) != v for k, v in recorded.items()):
+        log.info("--evaluate-only: using the run's recorded %s", recorded)
+    cfg = replace(cfg, **recorded)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, config, tokenizer = build_pretrain_model(cfg.arch)
@@ -450,10 +462,6 @@ def evaluate_weights(data: str | Path, out: str | Path, cfg: PretrainConfig, *, 
         raise PretrainError(f"{weights_path}: not {config.name} CLIP weights ({str(exc).splitlines()[0]})") from None
     crops = load_captioned(data, config.image_size, progress)
     held = holdout_ids(crops.rows, cfg.holdout, cfg.seed)
-    previous: dict[str, Any] = {}
-    if metrics_path.is_file():
-        previous = {k: v for k, v in json.loads(metrics_path.read_text(encoding="utf-8")).items()
-                    if k not in ("zero_shot", "text_to_image", "eval_data")}  # fmt: skip
     metrics = {**previous, **evaluate_zero_shot(model, tokenizer, crops, held), "heldout_identities": len(held)}
     if eval_data is not None:
         metrics["eval_data"] = evaluate_all(model, tokenizer, eval_data, config.image_size, progress)
