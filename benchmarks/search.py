@@ -325,13 +325,15 @@ def bench_coalescing(index: Any, queries: np.ndarray, args: argparse.Namespace) 
 
 
 def bench_batch_scan(index: Any, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray],
-                     args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
-    """IndexConfig.batch_scan="bf16": batches from a bf16 copy (proven float32 re-rank), its agreement with
-    float32, its memory, and the coalescing test again with it (singles still go to the exact scan)."""
+                     args: argparse.Namespace, codes: str) -> dict[str, Any]:  # fmt: skip
+    """IndexConfig.batch_scan="bf16" or "int8": batches from a bf16 or int8 copy (proven float32 re-rank), its
+    agreement with float32, its memory, and the coalescing test again with it (singles still go to the exact
+    scan, as do the queries the batch scan cannot prove)."""
     n = index.ntotal
+    gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
-    index.attach_batch_scan()
+    index.attach_batch_scan(codes=codes, threads=args.scan_shards or faiss_threads())
     out: dict[str, Any] = {
         "build_s": time.perf_counter() - started,
         "bytes_per_item": (rss_bytes() - before) / n,
@@ -344,7 +346,9 @@ def bench_batch_scan(index: Any, queries: np.ndarray, truth: tuple[np.ndarray, n
     out["max_score_diff"] = float(np.abs(scores - truth[0]).max())
     out["coalescing"] = bench_coalescing(index, queries, args)
     out["fallback_queries"] = index.describe()["batch_scan"]["fallbacks"]
-    logger.info("n=%d bf16 batch scan: %s", n, out)
+    out["widened_queries"] = index.describe()["batch_scan"].get("widened")
+    logger.info("n=%d %s batch scan: %s", n, codes, out)
+    index.detach_batch_scan()
     return out
 
 
@@ -401,8 +405,9 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     result["exact_vs_numpy"] = result["exact_fp16"]["p50_ms"] / numpy_p50
     result["exact_int8_vs_numpy"] = result["exact_int8"]["p50_ms"] / numpy_p50
     result["coalescing"] = bench_coalescing(master, queries, args)  # singles: int8 scan; batches: float32 master
-    result["batch_bf16"] = bench_batch_scan(master, queries, truth, args)
-    master.detach_batch_scan()
+    for codes in ("bf16", "int8"):
+        result[f"batch_{codes}"] = bench_batch_scan(master, queries, truth, args, codes)
+        gc.collect()
     master.detach_scan()  # the scan copy is freed before IVF takes its memory
     gc.collect()
     result["ivf"] = bench_ivf(vectors, queries, single, truth[1], args)
@@ -522,16 +527,17 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "",
         "Search coalescing (service/search_batching.py): concurrent clients, each sending its next query when "
         "the last is answered, through the service's SearchBatcher over the gallery's exact index (one query: the "
-        "int8 scan; a coalesced batch: the float32 master's matrix product, or the bf16 batch scan); the two "
-        "modes alternate in one run.",
+        "int8 scan; a coalesced batch: the float32 master's matrix product, or the bf16 or int8 batch scan); the "
+        "two modes alternate in one run.",
         "",
         "| gallery | batches from | clients | one at a time QPS | coalesced QPS | mean batch "
         "| p50 ms one / coalesced | speed-up |",
         "|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
-        for label, c in (("float32 master", r["coalescing"]), ("bf16 batch scan", r.get("batch_bf16", {}).get(
-                "coalescing"))):  # fmt: skip
+        batches = [("float32 master", r["coalescing"])]
+        batches += [(f"{c} batch scan", r.get(f"batch_{c}", {}).get("coalescing")) for c in ("bf16", "int8")]
+        for label, c in batches:
             if not c:
                 continue
             one, co = c["one_at_a_time"], c["coalesced"]
@@ -540,13 +546,16 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
                 f"| {co['mean_batch']:.1f} | {one['p50_ms']:.0f} / {co['p50_ms']:.0f} | x{c['speedup']:.2f} |"
             )
     for r in results:
-        b = r.get("batch_bf16")
-        if b:
+        for codes in ("bf16", "int8"):
+            b = r.get(f"batch_{codes}")
+            if not b:
+                continue
+            widened = f"{b['widened_queries']} re-ranked 4x wider, " if b.get("widened_queries") is not None else ""
             lines.append(
-                f"\nbf16 batch scan (`IndexConfig.batch_scan`): batches of {b['batch']} at {b['batched_qps']:.0f} "
-                f"QPS, same top-10 ids as float32 {b['same_ids']:.3f}, max score diff {b['max_score_diff']:.1e}, "
-                f"{b['fallback_queries']} queries answered by the float32 master, {b['bytes_per_item']:,.0f} bytes "
-                "per item more."
+                f"\n{codes} batch scan (`IndexConfig.batch_scan`): batches of {b['batch']} at "
+                f"{b['batched_qps']:.0f} QPS, same top-10 ids as float32 {b['same_ids']:.3f}, max score diff "
+                f"{b['max_score_diff']:.1e}, {widened}{b['fallback_queries']} queries answered by the exact scan, "
+                f"{b['bytes_per_item']:,.0f} bytes per item more, built in {b['build_s']:.1f} s."
             )
     lines += [
         "",

@@ -142,5 +142,12 @@ class BatchScan:
         self.fallbacks += len(unproven)
         return scores, labels, unproven
 
+    def close(self) -> None:
+        """Nothing to release (the interface the int8 batch scan shares)."""
+
+    def retrain_due(self, n: int) -> bool:
+        """bf16 copies need no training."""
+        return False
+
     def describe(self) -> dict[str, object]:
         return {"codes": "bf16", "candidates": self.candidates, "fallbacks": self.fallbacks, "ntotal": self._n}

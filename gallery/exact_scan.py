@@ -2,8 +2,8 @@
 
 Exact search over a flat index is bound by reading the vectors: 1M x 1280 float32 is 5 GB per query.
 FAISS's ``IndexFlatIP`` also scans with one thread per query. This scan keeps a second copy of the
-vectors in fp16 (FAISS ``IndexScalarQuantizer(QT_fp16)``: half the bytes), split into shards that an
-a thread pool searches in parallel (one query uses every core), and takes the top ``K``
+vectors in fp16 (FAISS ``IndexScalarQuantizer(QT_fp16)``: half the bytes), split into shards that a
+thread pool searches in parallel (one query uses every core), and takes the top ``K``
 candidates of each query from it. The float32 master copy (the gallery's ``IndexIDMap2(IndexFlatIP)``)
 then re-scores those candidates exactly, and the top-k of the re-scored list is the answer.
 
@@ -18,23 +18,12 @@ For d = 1280 eps is about 6.4e-4 in cosine, far below the gaps between a query's
 neighbours in practice, so the widening is rare; tests/test_gallery_exact_scan.py checks ids and scores
 against float32 exact search, with filters, including galleries built to need the widening.
 
-int8 codes (``codes="int8"``, d bytes per item) read half the bytes of fp16 again. Each dimension has a
-trained centre ``m`` and scale ``s`` (its [min, max] with a margin mapped onto [-127, 127]); an item is
-stored as the integers ``c = round((x - m) s)`` in FAISS ``IndexScalarQuantizer(QT_8bit_direct_signed)``,
-and the query is scaled instead: ``q.x ~ (q / s).c + q.m``, the second term one number per query. FAISS
-scans direct codes with integer arithmetic and quantises the query to integers too, so the scan is given
-one: ``u = round(a q / s)`` with ``a = 127 / max|q / s|``, and ``u.c / a + q.m`` is the int8 score. That is
-the per-dimension resolution of FAISS's ``QT_8bit`` at integer-dot-product speed (``QT_8bit`` decodes
-``min + (code + 0.5) / 255 * (max - min)`` per component in float; on the 2-core CPU its scan ran 1.5x
-longer). The stored vectors' error has no closed form (a vector may fall outside the trained ranges and
-be clipped), so it is measured: the largest ``E = |x - (c / s + m)|`` of every added vector so far is
-kept, and the largest code norm ``|c|max``. By Cauchy-Schwarz an int8 score is within ``|q| E`` (the
-stored vector) ``+ |q / s - u / a| |c|max`` (the query's rounding, known per query) of the exact score,
-plus float32 rounding in the scan's output and the re-rank (bounded by ``4 d 2**-24 |q| (|x|max + E +
-|m|)``); the proof and the widening are then as for fp16. The ranges are trained on the gallery's
-vectors when the scan is built (a sample of up to 65,536; +-2% margin), or set to +-4/sqrt(d) around 0
-while fewer than 1,024 exist; a later vector outside them only raises E (more widening, never a wrong
-answer), and reopening the gallery trains them again. For unit vectors in 1280-d, E is about 0.01.
+int8 codes (``codes="int8"``, d bytes per item) read half the bytes of fp16 again: per-dimension codes in
+FAISS ``IndexScalarQuantizer(QT_8bit_direct_signed)``, scanned with integer arithmetic against an integer
+query (``int8_codes.Int8Codes``, whose doc derives the bound: the stored vectors' measured error plus the
+query's rounding). That is the per-dimension resolution of FAISS's ``QT_8bit`` at integer-dot-product speed
+(``QT_8bit`` decodes ``min + (code + 0.5) / 255 * (max - min)`` per component in float; on the 2-core CPU
+its scan ran 1.5x longer); the proof and the widening are then as for fp16.
 
 Filters use the same ``IDSelectorBitmap`` as every other search: ``IndexIDMap2`` translates it for each
 shard. Memory on top of the master's 4 d bytes per item: 2 d (fp16) or d (int8); 1280-d: 7.7 or 6.4 KB
@@ -50,6 +39,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .int8_codes import Int8Codes, int8_error_bound
+
+__all__ = ["CODES", "ExactScan", "flat_storage", "fp16_error_bound", "int8_error_bound", "rerank_and_prove", "rescore"]
+
 logger = logging.getLogger(__name__)
 
 #: Candidates taken from the fp16 scan per query before the exact re-rank (widened 4x when not proven).
@@ -58,23 +51,11 @@ DEFAULT_CANDIDATES = 256
 _COPY_ROWS = 65536
 #: Code formats of the scan copy.
 CODES = ("fp16", "int8")
-#: int8: fewest vectors to train the per-dimension ranges on, most to sample, and the range margin.
-_MIN_TRAIN, _MAX_TRAIN, _RANGE_MARGIN = 1024, 65536, 0.02
 
 
 def fp16_error_bound(query_norms: np.ndarray, max_norm: float, dim: int) -> np.ndarray:
     """The largest difference between a query's fp16-scan score and its float32 score (see module doc)."""
     relative = max_norm * (2.0**-11 + 2.0 * dim * 2.0**-24) + 2.0**-25 * np.sqrt(dim)
-    return (query_norms * relative).astype(np.float64)
-
-
-def int8_error_bound(
-    query_norms: np.ndarray, max_norm: float, max_error: float, dim: int, centre_norm: float = 0.0
-) -> np.ndarray:
-    """The largest difference between a query's int8-scan score and its float32 score, given the largest
-    measured reconstruction error ``max_error`` of the stored vectors and the norm of the codes' centre
-    (see module doc)."""
-    relative = max_error + 4.0 * dim * 2.0**-24 * (max_norm + max_error + centre_norm)
     return (query_norms * relative).astype(np.float64)
 
 
@@ -171,45 +152,19 @@ class ExactScan:
             faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT))
             for _ in range(max(1, int(shards)))
         ]
-        self._centre = np.zeros(self.dim, np.float32)  # int8: m and s of the module doc
-        self._scale = np.ones(self.dim, np.float32)
-        if codes == "int8":
-            self._train_ranges(training)
+        self._int8 = Int8Codes(self.dim, training) if codes == "int8" else None
         self._pool = ThreadPoolExecutor(len(self._parts), "clipmc-scan") if len(self._parts) > 1 else None
         self.max_norm = 0.0
-        self.max_error = 0.0  # int8: the largest measured |x - decode(encode(x))| of an added vector
-        self.max_code_norm = 0.0  # int8: the largest |c| of an added vector's codes
         self.widened = 0  # queries whose first candidate list could not be proven complete (for logs/tests)
 
-    def _train_ranges(self, training: np.ndarray | None) -> None:
-        """Each dimension's centre and scale: its [min, max] (widened by the margin) onto [-127, 127]."""
-        if training is None or len(training) < _MIN_TRAIN:
-            r = 4.0 / np.sqrt(self.dim)  # unit vectors: components about N(0, 1/d); measured E covers the rest
-            lo, hi = np.full(self.dim, -r), np.full(self.dim, r)
-        else:
-            sample = np.asarray(training, dtype=np.float64)
-            lo, hi = sample.min(axis=0), sample.max(axis=0)
-        half = np.maximum((hi - lo) / 2.0 * (1.0 + 2.0 * _RANGE_MARGIN), 1e-12)
-        self._centre = ((hi + lo) / 2.0).astype(np.float32)
-        self._scale = (127.0 / half).astype(np.float32)
-
-    def _encode(self, vectors: np.ndarray) -> np.ndarray:
-        """int8: the codes as the float integers ``QT_8bit_direct_signed`` stores exactly."""
-        y = (np.asarray(vectors, dtype=np.float32) - self._centre) * self._scale
-        return np.clip(np.rint(y), -128.0, 127.0).astype(np.float32)
+    @property
+    def max_error(self) -> float:
+        """int8: the largest measured reconstruction error of an added vector (0 for fp16)."""
+        return self._int8.max_error if self._int8 is not None else 0.0
 
     @property
     def centre_norm(self) -> float:
-        return float(np.linalg.norm(self._centre.astype(np.float64)))
-
-    def _query_codes(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """int8: per query the integer query ``u``, its factor ``a`` and the rounding norm ``|q / s - u / a|``."""
-        scaled = np.asarray(queries, dtype=np.float64) / self._scale
-        peak = np.abs(scaled).max(axis=1, keepdims=True)
-        factor = np.where(peak > 0, 127.0 / np.where(peak > 0, peak, 1.0), 1.0)
-        codes = np.clip(np.rint(scaled * factor), -127.0, 127.0)
-        rounding = np.linalg.norm(scaled - codes / factor, axis=1)
-        return codes.astype(np.float32), factor[:, 0], rounding
+        return self._int8.centre_norm if self._int8 is not None else 0.0
 
     @classmethod
     def from_flat(
@@ -219,13 +174,20 @@ class ExactScan:
         int8 ranges trained on an evenly spaced sample of it)."""
         ids, vectors = flat_storage(master)
         n = len(ids)
-        training = None
-        if codes == "int8" and n:
-            training = vectors[np.linspace(0, n - 1, min(n, _MAX_TRAIN)).astype(np.int64)]
+        training = Int8Codes.training_sample(vectors) if codes == "int8" else None
         scan = cls(master.d, shards, candidates, codes, training)
         for start in range(0, n, _COPY_ROWS):
             scan.add(ids[start : start + _COPY_ROWS], vectors[start : start + _COPY_ROWS])
         return scan
+
+    def retrain_due(self, n: int) -> bool:
+        """int8: whether the copy should be built again with ranges trained on its ``n`` vectors."""
+        return self._int8 is not None and self._int8.retrain_due(n)
+
+    def rebuilt(self, master: faiss.IndexIDMap2) -> ExactScan:
+        """The same copy built again from ``master`` (int8: ranges trained on it); this one is closed."""
+        self.close()
+        return ExactScan.from_flat(master, self.shards, self.candidates, self.codes)
 
     @property
     def shards(self) -> int:
@@ -240,13 +202,8 @@ class ExactScan:
         if not len(ids):
             return
         self.max_norm = max(self.max_norm, float(np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1).max()))
-        if self.codes == "int8":
-            codes = self._encode(vectors)
-            decoded = codes.astype(np.float64) / self._scale + self._centre
-            error = np.linalg.norm(np.asarray(vectors, dtype=np.float64) - decoded, axis=1).max()
-            self.max_error = max(self.max_error, float(error))
-            self.max_code_norm = max(self.max_code_norm, float(np.linalg.norm(codes.astype(np.float64), axis=1).max()))
-            vectors = codes
+        if self._int8 is not None:
+            vectors = self._int8.encode(vectors).astype(np.float32)  # integers QT_8bit_direct_signed stores exactly
         emptiest_first = sorted(self._parts, key=lambda part: part.ntotal)
         pieces = np.array_split(np.arange(len(ids)), len(self._parts))  # largest pieces first
         for part, rows in zip(emptiest_first, pieces, strict=True):
@@ -268,19 +225,17 @@ class ExactScan:
 
     def error_bound(self, queries: np.ndarray) -> np.ndarray:
         """Per query, the largest difference between its scan score and its float32 score."""
-        norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
-        if self.codes == "fp16":
-            return fp16_error_bound(norms, self.max_norm, self.dim)
-        stored = int8_error_bound(norms, self.max_norm, self.max_error, self.dim, self.centre_norm)
-        return stored + self._query_codes(queries)[2] * self.max_code_norm
+        if self._int8 is not None:
+            return self._int8.error_bound(queries)
+        return fp16_error_bound(np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1), self.max_norm, self.dim)
 
     def _scan(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` scan scores over all shards, in parallel, merged (int8: the query scaled, q.m added)."""
         offset = factor = None
-        if self.codes == "int8":
-            offset = (np.asarray(queries, dtype=np.float64) @ self._centre.astype(np.float64))[:, None]
-            queries, factor, _ = self._query_codes(queries)
-            factor = factor[:, None]
+        if self._int8 is not None:
+            offset = self._int8.offsets(queries)[:, None]
+            codes, factor, _ = self._int8.query_codes(queries)
+            queries, factor = codes.astype(np.float32), factor[:, None]
 
         def one(part: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
@@ -335,6 +290,7 @@ class ExactScan:
 
     def describe(self) -> dict[str, Any]:
         out = {"codes": self.codes, "shards": self.shards, "candidates": self.candidates, "widened": self.widened}
-        if self.codes == "int8":
+        if self._int8 is not None:
             out["max_error"] = round(self.max_error, 6)
+            out["trained_on"] = self._int8.trained_on
         return out

@@ -425,7 +425,7 @@ class FaissGallery(BaseGallery):
 
     def _install(self, index: VectorIndex) -> None:
         """Put a GPU copy in front of the index when asked for and possible; else, for a flat index, the
-        fp16 exact scan (IndexConfig.exact_scan)."""
+        exact scan and the batch scan (IndexConfig.exact_scan, IndexConfig.batch_scan)."""
         wanted = self.config.use_gpu
         if wanted is not False and self.config.gpu_index == "cagra" and cagra_available():
             index.to_gpu_cagra(
@@ -445,8 +445,13 @@ class FaissGallery(BaseGallery):
             )
         if index.kind == "flat" and self.config.exact_scan != "float32":
             index.attach_scan(self.config.shards(), self.config.scan_candidates, self.config.exact_scan)
-        if index.kind == "flat" and self.config.batch_scan == "bf16":
-            index.attach_batch_scan(self.config.scan_candidates)
+        batch = self.config.batch_scan
+        if index.kind == "flat" and batch == "auto":
+            from clipmc.gallery.batch_int8 import integer_product_is_exact
+
+            batch = "int8" if integer_product_is_exact() else "off"
+        if index.kind == "flat" and batch != "off":
+            index.attach_batch_scan(self.config.scan_candidates, batch, self.config.shards())
 
     def _ensure_index(self) -> VectorIndex:
         if self._index is None:  # read-only galleries build theirs on first use

@@ -34,6 +34,7 @@ from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan
 
 if TYPE_CHECKING:
+    from clipmc.gallery.batch_int8 import Int8BatchScan
     from clipmc.gallery.batch_scan import BatchScan  # imports torch: loaded only when a batch scan is asked for
 
 logger = logging.getLogger(__name__)
@@ -76,13 +77,17 @@ class IndexConfig:
     better recall). ``use_gpu=None`` uses a GPU when FAISS can; ``gpu_index`` is what the GPU searches:
     ``"copy"`` (a GPU copy of the CPU index: exact or IVF as on the CPU) or ``"cagra"`` (cuVS's graph index,
     approximate, recall@10 measured when built: ``gallery/cagra.py``).
-    ``exact_scan="fp16"`` answers exact (flat) searches from an fp16 copy scanned in ``scan_shards``
-    parallel shards and re-ranked in float32, with the same result as float32 search
-    (``exact_scan.ExactScan``); ``"int8"`` does the same from 8-bit codes (half the bytes of fp16, its
-    error measured per vector); ``"float32"`` searches the ``IndexFlatIP`` alone (least memory).
-    ``batch_scan="bf16"`` answers batches of exact (flat) searches, the ones the service's search
-    coalescing forms, from a bf16 copy (one bf16 matrix product, then the same proven float32 re-rank:
-    ``batch_scan.BatchScan``; 2 d bytes more per item); ``"off"`` (default) multiplies the float32 master.
+    ``exact_scan="int8"`` (default) answers exact (flat) searches from 8-bit codes scanned in
+    ``scan_shards`` parallel shards and re-ranked in float32, with the same result as float32 search
+    (``exact_scan.ExactScan``; each stored vector's error measured, the codes' ranges trained on the
+    gallery); ``"fp16"`` does the same from an fp16 copy (twice the bytes, no training); ``"float32"``
+    searches the ``IndexFlatIP`` alone (least memory).
+    ``batch_scan`` answers batches of exact (flat) searches, the ones the service's search coalescing
+    forms: ``"int8"`` from int8 codes with ONNX Runtime's integer product (``batch_int8.Int8BatchScan``;
+    d bytes more per item; CPUs with VNNI or AMX), ``"bf16"`` from a bf16 copy (``batch_scan.BatchScan``;
+    2 d bytes more per item), both re-ranked and proven like the exact scan; ``"off"`` multiplies the
+    float32 master; ``"auto"`` (default) is ``"int8"`` where this CPU's integer product is exact, else
+    ``"off"``. A query a batch scan cannot prove is answered by the exact scan (or the master).
     """
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
@@ -97,10 +102,10 @@ class IndexConfig:
     cagra_graph_degree: int = 64
     recall_queries: int = 100
     seed: int = 1234
-    exact_scan: Literal["fp16", "int8", "float32"] = "fp16"
+    exact_scan: Literal["fp16", "int8", "float32"] = "int8"
     scan_shards: int | None = None
     scan_candidates: int = DEFAULT_CANDIDATES
-    batch_scan: Literal["off", "bf16"] = "off"
+    batch_scan: Literal["auto", "off", "bf16", "int8"] = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf"):
@@ -120,8 +125,8 @@ class IndexConfig:
             raise GalleryError("scan_shards must be at least 1")
         if self.scan_candidates < 1:
             raise GalleryError("scan_candidates must be at least 1")
-        if self.batch_scan not in ("off", "bf16"):
-            raise GalleryError(f"batch_scan must be 'off' or 'bf16', got {self.batch_scan!r}")
+        if self.batch_scan not in ("auto", "off", "bf16", "int8"):
+            raise GalleryError(f"batch_scan must be 'auto', 'off', 'bf16' or 'int8', got {self.batch_scan!r}")
 
     def shards(self) -> int:
         """Threads one exact query is scanned with: ``scan_shards``, or FAISS's OpenMP thread count."""
@@ -146,9 +151,13 @@ def gpu_available() -> bool:
 
 
 def selector_from_mask(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
-    """An ``IDSelectorBitmap`` over ids ``0..len(mask)-1``; keep the returned bitmap alive while using it."""
+    """An ``IDSelectorBitmap`` over ids ``0..len(mask)-1``; keep the returned bitmap alive while using it.
+
+    FAISS takes the bitmap's size in bytes (an id is a member iff ``id / 8`` is below it and its bit is set),
+    so ids past the mask read as non-members, not past the end of the bitmap.
+    """
     bitmap = np.packbits(mask.astype(bool, copy=False), bitorder="little")
-    return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap
+    return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
 
 
 class VectorIndex:
@@ -167,7 +176,7 @@ class VectorIndex:
         self._cagra: CagraIndex | None = None
         self.gpu_stale = False  # a CAGRA graph was dropped by a write and waits for a rebuild
         self._scan: ExactScan | None = None
-        self._batch: BatchScan | None = None
+        self._batch: BatchScan | Int8BatchScan | None = None
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -213,17 +222,30 @@ class VectorIndex:
         self._scan = ExactScan.from_flat(self.cpu, shards, candidates, codes)
         logger.info("%s exact scan over %d vectors in %d shards", codes, self._scan.ntotal, self._scan.shards)
 
-    def attach_batch_scan(self, candidates: int = DEFAULT_CANDIDATES) -> None:
-        """Answer batches of exact searches from a bf16 copy of this flat index (built now, kept in step)."""
-        from clipmc.gallery.batch_scan import BatchScan
-
+    def attach_batch_scan(
+        self, candidates: int = DEFAULT_CANDIDATES, codes: str = "bf16", threads: int = 2, **sizes: int
+    ) -> None:
+        """Answer batches of exact searches from a bf16 or int8 copy of this flat index (built now, kept in
+        step; int8 scores ``threads`` shards at a time, ``sizes``: its ``shard_rows`` and ``tail_rows``)."""
         if self.kind != "flat":
             raise GalleryError("the batch scan is for flat indexes")
-        self._batch = BatchScan.from_flat(self.cpu, candidates)
-        logger.info("bf16 batch scan over %d vectors", self._batch.ntotal)
+        self.detach_batch_scan()
+        if codes == "int8":
+            from clipmc.gallery.batch_int8 import Int8BatchScan
+
+            self._batch = Int8BatchScan.from_flat(self.cpu, candidates, threads, **sizes)
+        elif codes == "bf16":
+            from clipmc.gallery.batch_scan import BatchScan
+
+            self._batch = BatchScan.from_flat(self.cpu, candidates)
+        else:
+            raise GalleryError(f"batch scan codes must be 'bf16' or 'int8', got {codes!r}")
+        logger.info("%s batch scan over %d vectors", codes, self._batch.ntotal)
 
     def detach_batch_scan(self) -> None:
-        self._batch = None
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
 
     def detach_scan(self) -> None:
         """Stop using (and free) the scan copy: exact searches go to the float32 index again."""
@@ -333,8 +355,12 @@ class VectorIndex:
         self.cpu.add_with_ids(vectors, ids)
         if self._scan is not None:
             self._scan.add(ids, vectors)
+            if self._scan.retrain_due(self.ntotal):  # int8 ranges trained on too few vectors: train again
+                self._scan = self._scan.rebuilt(self.cpu)
         if self._batch is not None:
             self._batch.add(ids, vectors)
+            if self._batch.retrain_due(self.ntotal):
+                self._batch = self._batch.rebuilt(self.cpu)
         if self._cagra is not None:
             self._drop_cagra()
         elif self._gpu is not None:
@@ -378,8 +404,13 @@ class VectorIndex:
             if batch is None or len(queries) < BATCH_BLAS_MIN:
                 return self.cpu.search(queries, k, params=params)
             scores, labels, unproven = batch.search(self.cpu, queries, k, mask, available)
-            if len(unproven):  # the bf16 scores could not prove these: the float32 master answers
-                scores[unproven], labels[unproven] = self.cpu.search(queries[unproven], k, params=params)
+            if len(unproven):  # the batch scan could not prove these: the exact scan (it widens) or the master
+                if self._scan is not None:
+                    scores[unproven], labels[unproven] = self._scan.search(
+                        self.cpu, queries[unproven], k, selector, available
+                    )
+                else:
+                    scores[unproven], labels[unproven] = self.cpu.search(queries[unproven], k, params=params)
             return scores, labels
         # IVF only scans nprobe lists; widen the scan for queries that came back short (few matching
         # items in the scanned lists) until they are complete or every list was scanned (exact).

@@ -147,10 +147,12 @@ class Settings(BaseSettings):
     gallery: Path = Path("data/gallery")
     gallery_backend: Literal["faiss", "milvus"] = "faiss"
     gallery_exact_scan: Literal["fp16", "int8", "float32"] = Field(
-        "fp16", description="FAISS gallery: the copy one exact query scans (gallery.IndexConfig.exact_scan)"
+        "int8", description="FAISS gallery: the copy one exact query scans (gallery.IndexConfig.exact_scan)"
     )
-    gallery_batch_scan: Literal["off", "bf16"] = Field(
-        "off", description="FAISS gallery: 'bf16' scores coalesced batches from a bf16 copy (IndexConfig.batch_scan)"
+    gallery_batch_scan: Literal["auto", "off", "bf16", "int8"] = Field(
+        "auto",
+        description="FAISS gallery: 'bf16' or 'int8' scores coalesced batches from a bf16 or int8 copy; 'auto': "
+        "int8 where the CPU's integer product is exact (VNNI), else off (IndexConfig.batch_scan)",
     )
     milvus_uri: str | None = Field(None, description="Milvus server URI; unset: Milvus Lite in the gallery dir")
     thumbnails_dir: Path | None = Field(None, description="default: <gallery>/thumbs")

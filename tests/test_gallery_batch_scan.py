@@ -88,7 +88,9 @@ def test_gallery_batch_scan_option(tmp_path: Path) -> None:
     queries = unit_vectors(rng, 6, dim)
     with (
         open_gallery(tmp_path / "b", dim, VERSION, index=IndexConfig(kind="flat", batch_scan="bf16")) as fast,
-        open_gallery(tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32")) as slow,
+        open_gallery(
+            tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32", batch_scan="off")
+        ) as slow,
     ):
         fast.add(items)
         slow.add(items)

@@ -56,6 +56,15 @@ def near_duplicates(rng: np.random.Generator, n: int, dim: int, spread: float) -
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def test_selector_from_a_short_mask_rejects_ids_past_it() -> None:
+    """FAISS sizes the bitmap in bytes: ids past the mask are non-members, never read past the bitmap."""
+    mask = np.zeros(9, dtype=bool)
+    mask[[2, 8]] = True
+    selector, bitmap = selector_from_mask(mask)
+    assert selector.n == len(bitmap) == 2
+    assert [i for i in range(200) if selector.is_member(i)] == [2, 8]
+
+
 @pytest.mark.parametrize("shards", [1, 3])
 @pytest.mark.parametrize("candidates", [1, 8, 256])
 @pytest.mark.parametrize("spread", [1.0, 1e-3])

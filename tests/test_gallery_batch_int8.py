@@ -1,0 +1,165 @@
+"""The int8 batch scan (gallery/batch_int8.py) returns what float32 exact search returns for batches of
+queries: ids and scores, with filters, through adds that fill and seal its tail, removes, the training of
+its ranges, and queries its bound cannot prove."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipmc.gallery import Filters, IndexConfig, Item, open_gallery
+from clipmc.gallery.batch_int8 import Int8BatchScan, integer_product_is_exact, saturation_probe
+from clipmc.gallery.errors import GalleryError
+from clipmc.gallery.index import BATCH_BLAS_MIN, VectorIndex
+from tests.test_gallery import unit_vectors
+from tests.test_gallery_exact_scan import VERSION, assert_same, float32_exact, near_duplicates
+
+pytestmark = pytest.mark.skipif(
+    not integer_product_is_exact(), reason="ONNX Runtime's integer product saturates on this CPU (no VNNI)"
+)
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Embedding-like unit vectors: identities around 50 centres."""
+    centres = unit_vectors(rng, 50, dim)
+    x = centres[rng.integers(0, 50, n)] + 0.8 * unit_vectors(rng, n, dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_saturation_probe_catches_a_saturating_kernel() -> None:
+    """An emulated ``vpmaddubsw`` kernel (pairs of u8 x s8 products added into saturating int16) gets the
+    probe's products wrong, so ``integer_product_is_exact`` can tell such a CPU apart."""
+    queries, codes = saturation_probe(64)
+    a, b = queries.astype(np.int64), codes.astype(np.int64)
+    pairs = a[:, None, 0::2] * b.T[None, :, 0::2] + a[:, None, 1::2] * b.T[None, :, 1::2]
+    saturating = np.clip(pairs, -32768, 32767).sum(axis=2) - 128 * b.sum(axis=0)[None, :]
+    assert not np.array_equal(saturating, (a - 128) @ b)
+
+
+def test_int8_bound_covers_every_graph_score() -> None:
+    """Every score the shards' graphs return is within the per-query bound of the float64 score, also for
+    vectors outside the trained ranges (clipped)."""
+    rng = np.random.default_rng(4)
+    dim, n = 128, 3000
+    x = clustered(rng, n, dim)
+    x[2000:, :4] *= 5.0  # added after training, outside its ranges
+    index = VectorIndex.flat(dim)
+    index.add(np.arange(2000), x[:2000])
+    scan = Int8BatchScan.from_flat(index.cpu, 64, 2, shard_rows=700, tail_rows=10_000)
+    index.add(np.arange(2000, n), x[2000:])
+    scan._seal(np.arange(2000, n), x[2000:])  # into shards now, so every score below comes from a graph
+    queries = unit_vectors(rng, 8, dim) * 1.5
+    approx, ids, rounding = scan._candidates(queries, n, None)
+    exact = np.take_along_axis(queries.astype(np.float64) @ x.T.astype(np.float64), ids, axis=1)
+    bound = scan.int8.error_bound(queries) + rounding
+    assert (np.abs(approx - exact) <= bound[:, None]).all()
+    assert (np.abs(approx - exact).max(axis=1) > bound / 50).all()  # the bound is not vacuous
+
+
+@pytest.mark.parametrize("candidates", [1, 32])
+@pytest.mark.parametrize("spread", [None, 0.002])
+def test_batched_search_equals_float32_through_adds_seals_removes_and_filters(
+    spread: float | None, candidates: int
+) -> None:
+    """Shards of 700 and a tail of 300: adds fill the tail and seal it into the last shard or new ones; the
+    ranges, untrained at 500 vectors, are trained when the gallery passes 1,024 and again at 2,048 (both
+    copies built again). Near-duplicates (``spread``) cannot be proven from int8 scores and are answered by
+    the exact scan."""
+    rng = np.random.default_rng(5)
+    dim, n = 64, 3000
+    x = clustered(rng, n, dim) if spread is None else near_duplicates(rng, n, dim, spread)
+    ids = np.arange(10, 10 + n, dtype=np.int64)
+    index = VectorIndex.flat(dim)
+    index.add(ids[:500], x[:500])
+    index.attach_scan(2, codes="int8")
+    index.attach_batch_scan(candidates=candidates, codes="int8", shard_rows=700, tail_rows=300)
+    assert index.describe()["batch_scan"]["shards"] == 1
+    assert index.describe()["batch_scan"]["trained_on"] == index.describe()["exact_scan"]["trained_on"] == 0
+    for start in range(500, n, 137):  # uneven adds: some fill the tail, some pass it
+        index.add(ids[start : start + 137], x[start : start + 137])
+    info = index.describe()["batch_scan"]
+    assert info["ntotal"] == n and info["tail"] < 300 and info["shards"] == -(-(n - info["tail"]) // 700)
+    assert 2048 <= info["trained_on"] == index.describe()["exact_scan"]["trained_on"] < n
+    nq = 2 * BATCH_BLAS_MIN + 1
+    queries = x[rng.integers(0, n, nq)] + 0.05 * unit_vectors(rng, nq, dim)
+    mask = np.zeros(10 + n, dtype=bool)
+    mask[ids[rng.random(n) < 0.3]] = True
+    tie = 0.0 if spread is None else 1e-6
+    for m in (None, mask, mask[:1500]):  # a mask shorter than the largest id
+        full = m if m is None else np.pad(m, (0, 10 + n - len(m)))
+        available = n if m is None else int(m.sum())
+        assert_same(index.search(queries, 10, m, available), float32_exact(x, ids, queries, 10, full), tie)
+    keep = rng.random(n) >= 0.1  # a few rows go: masked in their shards
+    index.remove(ids[~keep])
+    assert index.describe()["batch_scan"]["ntotal"] == int(keep.sum())
+    assert_same(
+        index.search(queries, 10, None, int(keep.sum())), float32_exact(x[keep], ids[keep], queries, 10, None), tie
+    )
+    keep &= rng.random(n) < 0.3  # most rows go: shards less than half alive are built again
+    index.remove(ids[~keep])
+    assert index.describe()["batch_scan"]["ntotal"] == int(keep.sum())
+    assert_same(
+        index.search(queries, 10, None, int(keep.sum())), float32_exact(x[keep], ids[keep], queries, 10, None), tie
+    )
+    index.add(ids[~keep][:50], x[~keep][:50])  # ids come back
+    back = keep.copy()
+    back[np.flatnonzero(~keep)[:50]] = True
+    assert_same(
+        index.search(queries, 10, None, int(back.sum())), float32_exact(x[back], ids[back], queries, 10, None), tie
+    )
+    info = index.describe()["batch_scan"]
+    if spread is None and candidates > 1:
+        assert info["fallbacks"] == 0
+    else:  # gaps below the int8 bound, or no candidates beyond the top-10: answered by the exact scan
+        assert info["fallbacks"] > 0
+
+
+def test_few_matching_items_and_an_empty_scan() -> None:
+    rng = np.random.default_rng(9)
+    x = unit_vectors(rng, 500, 32)
+    index = VectorIndex.flat(32)
+    empty = Int8BatchScan.from_flat(index.cpu, 256)
+    scores, labels, unproven = empty.search(index.cpu, unit_vectors(rng, 4, 32), 10, None, 0)
+    assert list(unproven) == [0, 1, 2, 3] and (labels == -1).all()
+    index.add(np.arange(500), x)
+    scan = Int8BatchScan.from_flat(index.cpu, 256, shard_rows=200)
+    mask = np.zeros(401, dtype=bool)
+    mask[[3, 70, 400]] = True
+    queries = unit_vectors(rng, 4, 32)
+    scores, labels, unproven = scan.search(index.cpu, queries, 10, mask, 3)
+    assert len(unproven) == 0
+    full = np.zeros(500, dtype=bool)
+    full[:401] = mask
+    assert_same((scores, labels), float32_exact(x, np.arange(500), queries, 10, full))
+
+
+def test_gallery_int8_batch_scan_option(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    dim, n = 32, 600
+    vectors = unit_vectors(rng, n, dim)
+    items = [Item(vector=vectors[i], modality=i % 2, camera=f"c{i % 5}", external_id=f"e{i}") for i in range(n)]
+    queries = unit_vectors(rng, 6, dim)
+    config = IndexConfig(kind="flat", exact_scan="int8", batch_scan="int8")
+    with (
+        open_gallery(tmp_path / "b", dim, VERSION, index=config) as fast,
+        open_gallery(
+            tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32", batch_scan="off")
+        ) as slow,
+    ):
+        fast.add(items)
+        slow.add(items)
+        assert fast.stats()["index"]["batch_scan"]["codes"] == "int8"
+        assert fast.stats()["index"]["batch_scan"]["ntotal"] == n
+        for f in (None, Filters(modality=1), Filters(cameras=["c1", "c3"])):
+            a, b = fast.search(queries, 10, f), slow.search(queries, 10, f)
+            assert [[h.id for h in row] for row in a] == [[h.id for h in row] for row in b]
+            np.testing.assert_allclose([h.score for row in a for h in row], [h.score for row in b for h in row],
+                                       atol=1e-5)  # fmt: skip
+    with (
+        open_gallery(tmp_path / "b", dim, VERSION, index=config) as reopened,
+    ):  # rebuilt from the stored vectors, ranges trained on them
+        assert reopened.stats()["index"]["batch_scan"]["ntotal"] == n
+    with pytest.raises(GalleryError, match="batch_scan"):
+        IndexConfig(batch_scan="int4")
