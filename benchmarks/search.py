@@ -487,7 +487,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         for codes in ("fp16", "int8"):
             e = r.get(f"exact_{codes}")
             if e:
-                name = f"gallery exact: {codes} scan x{e['shards']} + float32 re-rank"
+                default = " (default)" if codes == "int8" else ""
+                name = f"gallery exact: {codes} scan x{e['shards']} + float32 re-rank{default}"
                 row(n, name, e, f"{e['recall_at_10']:.3f}", (f32 or 0) + e["bytes_per_item"])
         for p in r["ivf"]["nprobe"]:
             name = f"FAISS IVF nlist={r['ivf']['nlist']} nprobe={p['nprobe']}"
@@ -527,7 +528,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "",
         "Search coalescing (service/search_batching.py): concurrent clients, each sending its next query when "
         "the last is answered, through the service's SearchBatcher over the gallery's exact index (one query: the "
-        "int8 scan; a coalesced batch: the float32 master's matrix product, or the bf16 or int8 batch scan); the "
+        "int8 scan; a coalesced batch: the float32 master's matrix product, or the bf16 or int8 batch scan; "
+        '`batch_scan="auto"`, the default, is int8 on a CPU whose integer product is exact, as this one\'s); the '
         "two modes alternate in one run.",
         "",
         "| gallery | batches from | clients | one at a time QPS | coalesced QPS | mean batch "
@@ -535,8 +537,11 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
-        batches = [("float32 master", r["coalescing"])]
-        batches += [(f"{c} batch scan", r.get(f"batch_{c}", {}).get("coalescing")) for c in ("bf16", "int8")]
+        batches = [('float32 master (`batch_scan="off"`)', r["coalescing"])]
+        batches += [
+            (f'{c} batch scan (`batch_scan="{c}"`)', r.get(f"batch_{c}", {}).get("coalescing"))
+            for c in ("bf16", "int8")
+        ]
         for label, c in batches:
             if not c:
                 continue
