@@ -209,8 +209,9 @@ class Int8BatchScan:
         scan = cls(master, candidates, threads, **sizes)
         ids, vectors = flat_storage(master)
         scan._train(vectors)
-        for start in range(0, len(ids), scan.shard_rows):
-            stop = start + scan.shard_rows
+        per = min(scan.shard_rows, -(-len(ids) // scan.threads))  # a small gallery still uses every thread
+        for start in range(0, len(ids), max(1, per)):
+            stop = start + max(1, per)
             scan._shards.append(scan._build(ids[start:stop], vectors[start:stop]))
         return scan
 

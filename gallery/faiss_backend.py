@@ -445,6 +445,8 @@ class FaissGallery(BaseGallery):
             )
         if index.kind == "flat" and self.config.exact_scan != "float32":
             index.attach_scan(self.config.shards(), self.config.scan_candidates, self.config.exact_scan)
+        if index.kind == "ivf" and self.config.ivf_scan == "8bit":
+            index.attach_ivf_scan(self.config.ivf_candidates, self.config.seed)
         batch = self.config.batch_scan
         if index.kind == "flat" and batch == "auto":
             from clipmc.gallery.batch_int8 import integer_product_is_exact

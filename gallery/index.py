@@ -32,6 +32,7 @@ import numpy as np
 from clipmc.gallery.cagra import CAGRA_MAX_K, CagraIndex
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan
+from clipmc.gallery.ivf_scan import DEFAULT_IVF_CANDIDATES, IvfScan
 
 if TYPE_CHECKING:
     from clipmc.gallery.batch_int8 import Int8BatchScan
@@ -88,6 +89,9 @@ class IndexConfig:
     2 d bytes more per item), both re-ranked and proven like the exact scan; ``"off"`` multiplies the
     float32 master; ``"auto"`` (default) is ``"int8"`` where this CPU's integer product is exact, else
     ``"off"``. A query a batch scan cannot prove is answered by the exact scan (or the master).
+    ``ivf_scan="8bit"`` (default) scans an 8-bit copy of an IVF index's lists (a quarter of the bytes) and
+    re-ranks its top ``ivf_candidates`` from the float32 lists (``ivf_scan.IvfScan``; d bytes more per
+    item); ``"off"`` scans the float32 lists.
     """
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
@@ -106,6 +110,8 @@ class IndexConfig:
     scan_shards: int | None = None
     scan_candidates: int = DEFAULT_CANDIDATES
     batch_scan: Literal["auto", "off", "bf16", "int8"] = "auto"
+    ivf_scan: Literal["8bit", "off"] = "8bit"
+    ivf_candidates: int = DEFAULT_IVF_CANDIDATES
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivf"):
@@ -125,6 +131,10 @@ class IndexConfig:
             raise GalleryError("scan_shards must be at least 1")
         if self.scan_candidates < 1:
             raise GalleryError("scan_candidates must be at least 1")
+        if self.ivf_scan not in ("8bit", "off"):
+            raise GalleryError(f"ivf_scan must be '8bit' or 'off', got {self.ivf_scan!r}")
+        if self.ivf_candidates < 1:
+            raise GalleryError("ivf_candidates must be at least 1")
         if self.batch_scan not in ("auto", "off", "bf16", "int8"):
             raise GalleryError(f"batch_scan must be 'auto', 'off', 'bf16' or 'int8', got {self.batch_scan!r}")
 
@@ -177,6 +187,7 @@ class VectorIndex:
         self.gpu_stale = False  # a CAGRA graph was dropped by a write and waits for a rebuild
         self._scan: ExactScan | None = None
         self._batch: BatchScan | Int8BatchScan | None = None
+        self._ivf_scan: IvfScan | None = None
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -246,6 +257,17 @@ class VectorIndex:
         if self._batch is not None:
             self._batch.close()
             self._batch = None
+
+    def attach_ivf_scan(self, candidates: int = DEFAULT_IVF_CANDIDATES, seed: int = 0) -> None:
+        """Answer IVF searches from an 8-bit copy of this IVF index's lists, re-ranked from it (built now,
+        kept in step)."""
+        if self.kind != "ivf":
+            raise GalleryError("the IVF scan is for IVF indexes")
+        self._ivf_scan = IvfScan(self.cpu, candidates, seed)
+        logger.info("8-bit IVF scan over %d vectors", self._ivf_scan.ntotal)
+
+    def detach_ivf_scan(self) -> None:
+        self._ivf_scan = None
 
     def detach_scan(self) -> None:
         """Stop using (and free) the scan copy: exact searches go to the float32 index again."""
@@ -318,6 +340,7 @@ class VectorIndex:
         self.release_gpu()
         self.detach_scan()
         self.detach_batch_scan()
+        self.detach_ivf_scan()
 
     # -- contents ---------------------------------------------------------------------------------
 
@@ -361,6 +384,8 @@ class VectorIndex:
             self._batch.add(ids, vectors)
             if self._batch.retrain_due(self.ntotal):
                 self._batch = self._batch.rebuilt(self.cpu)
+        if self._ivf_scan is not None:
+            self._ivf_scan.add(ids, vectors)
         if self._cagra is not None:
             self._drop_cagra()
         elif self._gpu is not None:
@@ -369,11 +394,19 @@ class VectorIndex:
     def remove(self, ids: np.ndarray | list[int]) -> int:
         if not len(ids):
             return 0
-        removed = int(self.cpu.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+        wanted = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.kind == "ivf" and self.cpu.direct_map.type == faiss.DirectMap.Hashtable:
+            # FAISS removes through a hash-table direct map (the IVF scan's re-rank) only by id array.
+            selector: faiss.IDSelector = faiss.IDSelectorArray(len(wanted), faiss.swig_ptr(wanted))
+        else:
+            selector = faiss.IDSelectorBatch(wanted)
+        removed = int(self.cpu.remove_ids(selector))
         if removed and self._scan is not None:
             self._scan.remove(np.asarray(ids, dtype=np.int64))
         if removed and self._batch is not None:
             self._batch.remove(np.asarray(ids, dtype=np.int64))
+        if removed and self._ivf_scan is not None:
+            self._ivf_scan.remove(np.asarray(ids, dtype=np.int64))
         if removed and self._cagra is not None:
             self._drop_cagra()
         elif removed and self._gpu is not None:
@@ -415,7 +448,7 @@ class VectorIndex:
         # IVF only scans nprobe lists; widen the scan for queries that came back short (few matching
         # items in the scanned lists) until they are complete or every list was scanned (exact).
         nprobe = min(self.nprobe, self.cpu.nlist)
-        scores, labels = self.cpu.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
+        scores, labels = self._ivf_search(queries, k, selector, nprobe)
         wanted = min(k, available)
         while nprobe < self.cpu.nlist:
             short = np.flatnonzero((labels >= 0).sum(axis=1) < wanted)
@@ -425,6 +458,15 @@ class VectorIndex:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
             scores[short], labels[short] = self.cpu.search(queries[short], k, params=params)
         return scores, labels
+
+    def _ivf_search(
+        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, nprobe: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """IVF top-``k`` over ``nprobe`` lists: from the 8-bit copy, re-ranked, when attached."""
+        scan = self._ivf_scan  # read once
+        if scan is not None:
+            return scan.search(self.cpu, queries, k, selector, nprobe)
+        return self.cpu.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
 
     def search(
         self, queries: np.ndarray, k: int, mask: np.ndarray | None, available: int
@@ -476,4 +518,5 @@ class VectorIndex:
             "recall_at_10": self.recall_at_10,
             "exact_scan": self._scan.describe() if self._scan is not None else None,
             "batch_scan": self._batch.describe() if self._batch is not None else None,
+            "ivf_scan": self._ivf_scan.describe() if self._ivf_scan is not None else None,
         }

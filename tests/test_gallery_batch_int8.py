@@ -75,7 +75,7 @@ def test_batched_search_equals_float32_through_adds_seals_removes_and_filters(
     index.add(ids[:500], x[:500])
     index.attach_scan(2, codes="int8")
     index.attach_batch_scan(candidates=candidates, codes="int8", shard_rows=700, tail_rows=300)
-    assert index.describe()["batch_scan"]["shards"] == 1
+    assert index.describe()["batch_scan"]["shards"] == 2  # 500 vectors split over the 2 threads
     assert index.describe()["batch_scan"]["trained_on"] == index.describe()["exact_scan"]["trained_on"] == 0
     for start in range(500, n, 137):  # uneven adds: some fill the tail, some pass it
         index.add(ids[start : start + 137], x[start : start + 137])
