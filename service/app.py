@@ -68,7 +68,11 @@ def open_service_gallery(settings: Settings, embedder: Embedder) -> BaseGallery:
     location = settings.milvus_uri if settings.gallery_backend == "milvus" and settings.milvus_uri else settings.gallery
     options: dict[str, Any] = {}
     if settings.gallery_backend == "faiss":
-        options["index"] = IndexConfig(exact_scan=settings.gallery_exact_scan, batch_scan=settings.gallery_batch_scan)
+        options["index"] = IndexConfig(
+            exact_scan=settings.gallery_exact_scan,
+            batch_scan=settings.gallery_batch_scan,
+            ivf_scan=settings.gallery_ivf_scan,
+        )
     return open_gallery(location, embedder.embedding_dim, embedder.embedding_version,
                         backend=settings.gallery_backend, **options)  # fmt: skip
 

@@ -154,6 +154,9 @@ class Settings(BaseSettings):
         description="FAISS gallery: 'bf16' or 'int8' scores coalesced batches from a bf16 or int8 copy; 'auto': "
         "int8 where the CPU's integer product is exact (VNNI), else off (IndexConfig.batch_scan)",
     )
+    gallery_ivf_scan: Literal["8bit", "off"] = Field(
+        "8bit", description="FAISS gallery: '8bit' scans IVF lists from an 8-bit copy, re-ranked (IndexConfig.ivf_scan)"
+    )
     milvus_uri: str | None = Field(None, description="Milvus server URI; unset: Milvus Lite in the gallery dir")
     thumbnails_dir: Path | None = Field(None, description="default: <gallery>/thumbs")
     thumbnail_size: int = Field(160, ge=16, le=512, description="longest side of stored thumbnails")

@@ -581,6 +581,8 @@ def test_settings_choose_the_gallerys_exact_and_batch_scans(monkeypatch, tmp_pat
     with open_service_gallery(settings, embedder) as gallery:
         index = gallery.stats()["index"]
         assert index["exact_scan"]["codes"] == "int8" and index["batch_scan"]["codes"] == batch
+    monkeypatch.setenv("CLIPMC_GALLERY_IVF_SCAN", "off")
+    assert Settings().gallery_ivf_scan == "off"
     monkeypatch.setenv("CLIPMC_GALLERY_BATCH_SCAN", "fp8")
     with pytest.raises(ValueError, match="gallery_batch_scan"):
         Settings()
