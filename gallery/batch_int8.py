@@ -20,18 +20,20 @@ goes back to the caller, which answers it with the one-query scan (that widens u
 Layout: sealed shards of up to ``shard_rows`` items, each an ONNX Runtime session whose graph is
 ``MatMulInteger(u + 128 as uint8 with zero point 128, codes^T int8 constant) -> Cast -> Mul 1/a -> Add q.m
 -> Add bias -> TopK`` (``bias``: 0, or -inf for removed and filtered-out rows), and a tail of the newest
-vectors (at most ``tail_rows``), kept in float32 and scored exactly with NumPy (an exact score is within
-any bound of itself, so tail scores join the candidates as they are). A full tail is sealed into the last
-shard while that has room (its session is built again, its vectors read back from the master), else into
-a new shard. Removes mark rows dead; a shard less than half alive is built again.
+vectors (at most ``tail_rows``), kept in float32 and scored with NumPy's float32 product (within float32
+rounding of the re-rank's score, which the bound adds, so tail scores join the candidates as they are). A
+full tail becomes a new shard, and the last two shards are merged while the older is at most twice the
+newer and both fit one shard (their vectors read back from the master), so a growing gallery re-packs
+each row a few times, not at every seal. Removes mark rows dead; a shard less than half alive is built
+again. Building and merging run under the gallery's write lock: searches wait for them (a full shard:
+about 4 s on the 2-core machine).
 
 An exact integer product needs VNNI (or AMX): without it, MLAS's AVX2 kernel adds pairs of 8-bit products
 into saturating 16-bit sums. ``integer_product_is_exact`` checks this with saturating inputs, and the scan
-refuses to run where it fails.
+refuses to run where it fails (``IndexConfig.batch_scan="auto"``, the default, then turns it off).
 
 Memory: d bytes per item (ONNX Runtime's packed codes; the initializer is released after packing) plus
-the tail's 4 d bytes per item, on top of the master and the one-query scan; opt-in
-(``IndexConfig.batch_scan="int8"``).
+the tail's 4 d bytes per item, on top of the master and the one-query scan.
 """
 
 from __future__ import annotations
@@ -117,10 +119,12 @@ def saturation_probe(dim: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Inputs whose exact products need 32-bit sums: (queries [16, dim] uint8, codes [dim, 64] int8).
 
     Adjacent products reach 255 x 127 and 255 x -128, so a kernel that adds pairs of 8-bit products into
-    saturating 16-bit sums (``vpmaddubsw``, what x86 CPUs without VNNI have) gets half the entries wrong.
+    saturating 16-bit sums (``vpmaddubsw``, what x86 CPUs without VNNI have) gets every entry wrong (emulated
+    in tests/test_gallery_batch_int8.py).
     """
-    codes = np.where(np.arange(64) % 2 == 0, 127, -128).astype(np.int8)[None, :].repeat(dim, axis=0)
-    codes[1::2] = -codes[1::2]  # alternate signs along the sum as well as across columns
+    column = np.where(np.arange(64) % 2 == 0, 127, -128)[None, :]
+    row_sign = np.where(np.arange(dim) // 2 % 2 == 0, 1, -1)[:, None]  # pairs of rows alike, signs alternating
+    codes = np.clip(column * row_sign, -128, 127).astype(np.int8)
     queries = np.full((16, dim), 255, dtype=np.uint8)
     queries[1::2, ::3] = 1  # u = -127 in some dimensions
     return queries, codes
@@ -197,6 +201,7 @@ class Int8BatchScan:
         self._tail_ids = np.empty(0, dtype=np.int64)  # a buffer: the first _tail_n rows are the tail
         self._tail = np.empty((0, self.dim), dtype=np.float32)
         self._tail_n = 0
+        self._tail_max_norm = 0.0  # the largest norm that entered the tail (its scores' float32 rounding)
         self._pool = ThreadPoolExecutor(self.threads, "clipmc-int8")
         self.fallbacks = 0  # queries handed back unproven (for logs/tests)
         self.widened = 0  # queries the first stage could not prove
@@ -237,22 +242,24 @@ class Int8BatchScan:
             out[start : start + _READ_ROWS] = self.master.reconstruct_batch(ids[start : start + _READ_ROWS])
         return out
 
-    def _rebuild(self, shard: _Shard, extra_ids: np.ndarray, extra: np.ndarray) -> _Shard:
+    def _rebuild(self, shard: _Shard) -> _Shard:
+        """``shard`` without its removed rows (their vectors read back from the master)."""
         ids = shard.ids[shard.alive]
-        vectors = np.concatenate([self._read_master(ids), extra]) if len(extra) else self._read_master(ids)
-        return self._build(np.concatenate([ids, extra_ids]), vectors)
+        return self._build(ids, self._read_master(ids))
 
     def _seal(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Move ``ids`` (the tail and what came with it) into shards: the last shard's room first, then new
-        shards."""
-        start = 0
-        last = self._shards[-1] if self._shards else None
-        if last is not None and last.n_alive < self.shard_rows:
-            start = self.shard_rows - last.n_alive
-            self._shards[-1] = self._rebuild(last, ids[:start], vectors[:start])
-        for begin in range(start, len(ids), self.shard_rows):
+        """Move ``ids`` (the tail and what came with it) into new shards, then merge the last two while the
+        older holds at most twice the newer's rows and both fit one shard: as a gallery grows, a row is
+        encoded and packed again about log2(shard_rows / tail_rows) times, not at every seal."""
+        for begin in range(0, len(ids), self.shard_rows):
             stop = begin + self.shard_rows
             self._shards.append(self._build(ids[begin:stop], vectors[begin:stop]))
+        while len(self._shards) >= 2:
+            older, newer = self._shards[-2], self._shards[-1]
+            if older.n_alive > 2 * newer.n_alive or older.n_alive + newer.n_alive > self.shard_rows:
+                break
+            merged = np.concatenate([older.ids[older.alive], newer.ids[newer.alive]])
+            self._shards[-2:] = [self._build(merged, self._read_master(merged))]
         self._tail_n = 0
 
     @property
@@ -265,6 +272,7 @@ class Int8BatchScan:
         vectors = np.asarray(vectors, dtype=np.float32)
         if not len(ids):
             return
+        self._tail_max_norm = max(self._tail_max_norm, float(np.linalg.norm(vectors.astype(np.float64), axis=1).max()))
         n = self._tail_n
         if n + len(ids) >= self.tail_rows:
             self._seal(np.concatenate([self._tail_ids[:n], ids]), np.concatenate([self._tail[:n], vectors]))
@@ -293,7 +301,7 @@ class Int8BatchScan:
             shard.alive[dead] = False
             shard.bias[0, dead] = -np.inf
             if shard.n_alive > 0 and shard.n_alive * 2 < len(shard.ids):
-                self._shards[i] = self._rebuild(shard, np.empty(0, dtype=np.int64), np.empty((0, self.dim), np.float32))
+                self._shards[i] = self._rebuild(shard)
         self._shards = [s for s in self._shards if s.n_alive]
 
     def close(self) -> None:
@@ -304,19 +312,20 @@ class Int8BatchScan:
         return self.int8.retrain_due(n)
 
     def rebuilt(self, master: faiss.IndexIDMap2) -> Int8BatchScan:
-        """The same copy built again from ``master`` (ranges trained on it); this one is closed."""
-        self.close()
-        return Int8BatchScan.from_flat(
+        """The same copy built again from ``master`` (ranges trained on it); this one is closed after."""
+        new = Int8BatchScan.from_flat(
             master, self.candidates, self.threads, shard_rows=self.shard_rows, tail_rows=self.tail_rows
         )
+        self.close()
+        return new
 
     # -- search -----------------------------------------------------------------------------------
 
     def _candidates(
         self, queries: np.ndarray, fetch: int, mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each query's top ``fetch`` (int8 or tail-exact scores, ids), best first, and the float32 rounding
-        bound of the graph's output."""
+        """Each query's top ``fetch`` (int8 or tail float32 scores, ids), best first, and the float32 rounding
+        bound of both (on top of the codes' bound)."""
         u, factor, _ = self.int8.query_codes(queries)
         offsets = self.int8.offsets(queries)
         feeds = {
@@ -357,10 +366,12 @@ class Int8BatchScan:
         order = np.argsort(-scores, axis=1, kind="stable")
         scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
         ids[~np.isfinite(scores)] = -1
-        # The graph rounds to float32 three times (cast, scale, shift) and the shift itself once.
+        # The graph rounds to float32 three times (cast, scale, shift) and the shift itself once; a tail
+        # score is a float32 product, which may differ from the re-rank's by 2 d 2**-24 |q| |x| (4 d here).
         q_norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
         magnitude = np.linalg.norm(u.astype(np.float64), axis=1) / factor * self.int8.max_code_norm
         rounding = 4.0 * 2.0**-24 * (magnitude + q_norms * self.int8.centre_norm)
+        rounding += 4.0 * self.dim * 2.0**-24 * q_norms * self._tail_max_norm
         return scores, ids, rounding
 
     def search(

@@ -186,8 +186,9 @@ class ExactScan:
 
     def rebuilt(self, master: faiss.IndexIDMap2) -> ExactScan:
         """The same copy built again from ``master`` (int8: ranges trained on it); this one is closed."""
+        new = ExactScan.from_flat(master, self.shards, self.candidates, self.codes)
         self.close()
-        return ExactScan.from_flat(master, self.shards, self.candidates, self.codes)
+        return new
 
     @property
     def shards(self) -> int:

@@ -396,12 +396,13 @@ class FaissGallery(BaseGallery):
                 index.add(ids, vectors)
                 bar.update(len(ids))
         if kind == "ivf":
+            self._install_ivf_scan(index)  # recall is measured on the path that will serve the searches
             index.recall_at_10 = self._measure_recall(index)
         logger.info("built %s index of %d vectors in %.1fs", kind, index.ntotal, time.perf_counter() - started)
         return index
 
     def _measure_recall(self, index: VectorIndex) -> float | None:
-        """Recall@10 of the IVF index at its nprobe against exhaustive search (every list scanned).
+        """Recall@10 of the IVF index's searches at its nprobe against exhaustive search (every float32 list).
 
         Queries are stored vectors; each query's own item is left out of both lists.
         """
@@ -414,7 +415,7 @@ class FaissGallery(BaseGallery):
         import faiss
 
         exact = index.cpu.search(queries, 11, params=faiss.SearchParametersIVF(nprobe=index.cpu.nlist))[1]
-        approx = index.cpu.search(queries, 11, params=faiss.SearchParametersIVF(nprobe=index.nprobe))[1]
+        approx = index.search(queries, 11, None, index.ntotal)[1]  # the serving path (8-bit lists if attached)
         hits = 0
         for own, truth, found in zip(query_ids, exact, approx, strict=True):
             truth_set = set(truth[truth != own][:10].tolist())
@@ -424,8 +425,23 @@ class FaissGallery(BaseGallery):
         return recall
 
     def _install(self, index: VectorIndex) -> None:
-        """Put a GPU copy in front of the index when asked for and possible; else, for a flat index, the
-        exact scan and the batch scan (IndexConfig.exact_scan, IndexConfig.batch_scan)."""
+        """Put a GPU copy in front of the index when asked for and possible; else the CPU copies its searches
+        read: for a flat index the exact scan and the batch scan, for IVF the 8-bit lists
+        (IndexConfig.exact_scan, batch_scan, ivf_scan)."""
+        if self._install_gpu(index):
+            return
+        if index.kind == "flat" and self.config.exact_scan != "float32":
+            index.attach_scan(self.config.shards(), self.config.scan_candidates, self.config.exact_scan)
+        if index.kind == "ivf":
+            self._install_ivf_scan(index)
+        batch = self.config.batch_scan
+        if index.kind == "flat" and batch == "auto":
+            batch = "int8" if self._integer_product_is_exact() else "off"
+        if index.kind == "flat" and batch != "off":
+            index.attach_batch_scan(self.config.scan_candidates, batch, self.config.shards())
+
+    def _install_gpu(self, index: VectorIndex) -> bool:
+        """A GPU copy (or CAGRA graph) of the index when asked for and possible; whether one was made."""
         wanted = self.config.use_gpu
         if wanted is not False and self.config.gpu_index == "cagra" and cagra_available():
             index.to_gpu_cagra(
@@ -434,26 +450,35 @@ class FaissGallery(BaseGallery):
                 recall_queries=self.config.recall_queries,
                 seed=self.config.seed + 2,
             )
-            return
+            return True
         if wanted is not False and self.config.gpu_index == "copy" and gpu_available():
             index.to_gpu(self.config.gpu_device)
-            return
+            return True
         if wanted:
             logger.warning(
                 "use_gpu=True but this FAISS build has no GPU%s or sees no GPU: searching on the CPU",
                 " with cuVS (CAGRA: pip install faiss-gpu-cuvs)" if self.config.gpu_index == "cagra" else "",
             )
-        if index.kind == "flat" and self.config.exact_scan != "float32":
-            index.attach_scan(self.config.shards(), self.config.scan_candidates, self.config.exact_scan)
-        if index.kind == "ivf" and self.config.ivf_scan == "8bit":
-            index.attach_ivf_scan(self.config.ivf_candidates, self.config.seed)
-        batch = self.config.batch_scan
-        if index.kind == "flat" and batch == "auto":
-            from clipmc.gallery.batch_int8 import integer_product_is_exact
+        return False
 
-            batch = "int8" if integer_product_is_exact() else "off"
-        if index.kind == "flat" and batch != "off":
-            index.attach_batch_scan(self.config.scan_candidates, batch, self.config.shards())
+    def _install_ivf_scan(self, index: VectorIndex) -> None:
+        """The 8-bit copy of an IVF index's lists (kept if already built), or none (and no direct map)."""
+        if self.config.ivf_scan == "8bit":
+            if not index.has_ivf_scan:
+                index.attach_ivf_scan(self.config.ivf_candidates, self.config.seed)
+        else:
+            index.detach_ivf_scan()
+
+    @staticmethod
+    def _integer_product_is_exact() -> bool:
+        """batch_scan="auto": whether the int8 batch scan can run here; a failed check means it does not."""
+        from clipmc.gallery.batch_int8 import integer_product_is_exact
+
+        try:
+            return integer_product_is_exact()
+        except Exception:
+            logger.warning("checking ONNX Runtime's integer product failed: batch_scan 'auto' is off", exc_info=True)
+            return False
 
     def _ensure_index(self) -> VectorIndex:
         if self._index is None:  # read-only galleries build theirs on first use
@@ -552,7 +577,7 @@ class FaissGallery(BaseGallery):
         enough has changed."""
         assert self._index is not None
         if self._index.gpu_stale:
-            self._install(self._index)  # a new graph over the CPU master (searches use the CPU meanwhile)
+            self._install_gpu(self._index)  # a new graph over the CPU master (searches use the CPU meanwhile)
         wanted = self._wanted_kind(self._columns.count, self._index.kind)
         if wanted != self._index.kind:
             logger.info("gallery reached %d items: switching to a %s index", self._columns.count, wanted)

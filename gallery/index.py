@@ -266,8 +266,15 @@ class VectorIndex:
         self._ivf_scan = IvfScan(self.cpu, candidates, seed)
         logger.info("8-bit IVF scan over %d vectors", self._ivf_scan.ntotal)
 
+    @property
+    def has_ivf_scan(self) -> bool:
+        return self._ivf_scan is not None
+
     def detach_ivf_scan(self) -> None:
+        """Stop using the 8-bit lists; the master's hash-table direct map (their re-rank's) goes too."""
         self._ivf_scan = None
+        if self.kind == "ivf" and self.cpu.direct_map.type != faiss.DirectMap.NoMap:
+            self.cpu.set_direct_map_type(faiss.DirectMap.NoMap)
 
     def detach_scan(self) -> None:
         """Stop using (and free) the scan copy: exact searches go to the float32 index again."""
@@ -376,16 +383,23 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.cpu.add_with_ids(vectors, ids)
+        # A copy whose 8-bit ranges were trained on too few vectors is built again from the master (which
+        # holds the new vectors now); the others take the new vectors.
         if self._scan is not None:
-            self._scan.add(ids, vectors)
-            if self._scan.retrain_due(self.ntotal):  # int8 ranges trained on too few vectors: train again
+            if self._scan.retrain_due(self.ntotal):
                 self._scan = self._scan.rebuilt(self.cpu)
+            else:
+                self._scan.add(ids, vectors)
         if self._batch is not None:
-            self._batch.add(ids, vectors)
             if self._batch.retrain_due(self.ntotal):
                 self._batch = self._batch.rebuilt(self.cpu)
+            else:
+                self._batch.add(ids, vectors)
         if self._ivf_scan is not None:
-            self._ivf_scan.add(ids, vectors)
+            if self._ivf_scan.retrain_due(self.ntotal):
+                self._ivf_scan = self._ivf_scan.rebuilt(self.cpu)
+            else:
+                self._ivf_scan.add(ids, vectors)
         if self._cagra is not None:
             self._drop_cagra()
         elif self._gpu is not None:

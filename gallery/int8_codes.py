@@ -6,7 +6,7 @@ Both int8 paths use this: the one-query scan (``exact_scan.ExactScan``, FAISS
 mapped onto [-127, 127]); an item is stored as the integers ``c = round((x - m) s)``, and the query is
 scaled instead: ``q.x ~ (q / s).c + q.m``, the second term one number per query. The scans multiply
 integers, so the query is rounded to integers too: ``u = round(a q / s)`` with ``a = 127 / max|q / s|``, and
-``u.c / a + q.m`` is the int8 score. Integer products are exact, so every int8 path gives the same score.
+``u.c / a + q.m`` is the int8 score (the integer product, then float rounding the bound covers).
 
 Why an int8 score can be made exact: the stored vectors' error has no closed form (a vector may fall
 outside the trained ranges and be clipped), so it is measured: the largest ``E = |x - (c / s + m)|`` of

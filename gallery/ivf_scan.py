@@ -4,8 +4,9 @@ re-ranks.
 Why: an ``IndexIVFFlat`` query at nprobe 32 over 1M x 1280 reads 32 lists of float32 vectors (about 160 MB),
 so it is bound by memory bandwidth, and the exact int8 scan (``exact_scan.ExactScan``) brought exact search
 to within 10x of it. This copy keeps the same vectors in the same lists (it shares the master's coarse
-quantizer, and is filled with the master's own list assignments) as FAISS ``QT_8bit`` codes (per-dimension
-ranges trained on the gallery), so scanning the same ``nprobe`` lists reads a quarter of the bytes; the top
+quantizer; it is built from the master's lists, and later adds are assigned by the same quantizer) as FAISS
+``QT_8bit`` codes (per-dimension ranges trained on the gallery, again as it grows: ``retrain_due``), so
+scanning the same ``nprobe`` lists reads a quarter of the bytes; the top
 ``candidates`` of each query are then re-scored from the float32 master and the best ``k`` returned with
 their exact scores. In a one-off probe on the 2-core AMD EPYC (1M x 1280, nlist 1000, nprobe 32) the 8-bit
 scan took 2.3 ms against 5.3 ms for the float32 lists, and its top 40 held every float32 top-10 hit that
@@ -27,13 +28,12 @@ import faiss
 import numpy as np
 
 from .exact_scan import rescore
+from .int8_codes import MAX_TRAIN, MIN_TRAIN
 
 logger = logging.getLogger(__name__)
 
 #: Candidates per query re-ranked from the master.
 DEFAULT_IVF_CANDIDATES = 40
-#: Most vectors the 8-bit ranges are trained on.
-_TRAIN_MAX = 65536
 
 
 def _list_vectors(master: faiss.IndexIVFFlat, lst: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +57,10 @@ class IvfScan:
             seed: for the training sample.
         """
         self.candidates = max(1, int(candidates))
+        self.seed = seed
         self.dim = int(master.d)
+        self._master = master  # owns the quantizer this copy borrows: kept alive as long as the copy
+        self.trained_on = 0
         if master.direct_map.type != faiss.DirectMap.Hashtable:
             master.set_direct_map_type(faiss.DirectMap.Hashtable)
         self.index = faiss.IndexIVFScalarQuantizer(
@@ -75,12 +78,13 @@ class IvfScan:
     def _train(self, master: faiss.IndexIVFFlat, sizes: np.ndarray, seed: int) -> None:
         """The 8-bit ranges from up to 65,536 vectors sampled across the lists (none yet: +-1, unit vectors)."""
         total = int(sizes.sum())
+        self.trained_on = min(total, MAX_TRAIN)
         if not total:
             self.index.sq.train(np.concatenate([np.eye(self.dim), -np.eye(self.dim)]).astype(np.float32))
             self.index.is_trained = True
             return
         rng = np.random.default_rng(seed)
-        share = min(1.0, _TRAIN_MAX / total)
+        share = min(1.0, MAX_TRAIN / total)
         parts = []
         for lst in np.flatnonzero(sizes):
             vectors = _list_vectors(master, int(lst))[1]
@@ -93,8 +97,18 @@ class IvfScan:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    def retrain_due(self, n: int) -> bool:
+        """Whether the copy should be built again with ranges trained on its ``n`` vectors: at 1,024 and each
+        time the gallery doubles past its sample, up to 65,536 (as ``int8_codes.Int8Codes.retrain_due``)."""
+        return n >= MIN_TRAIN and self.trained_on < min(MAX_TRAIN, n // 2)
+
+    def rebuilt(self, master: faiss.IndexIVFFlat) -> IvfScan:
+        """The same copy built again from ``master`` (ranges trained on it)."""
+        return IvfScan(master, self.candidates, self.seed)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add to the lists the shared quantizer assigns them (the ones the master just did)."""
+        """Add to the lists the shared quantizer assigns them: the same computation on the same vectors as
+        the master's, so the same lists."""
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids))
 
     def remove(self, ids: np.ndarray) -> None:
@@ -115,4 +129,4 @@ class IvfScan:
         return scores, labels
 
     def describe(self) -> dict[str, object]:
-        return {"codes": "QT_8bit", "candidates": self.candidates, "ntotal": self.ntotal}
+        return {"codes": "QT_8bit", "candidates": self.candidates, "ntotal": self.ntotal, "trained_on": self.trained_on}

@@ -33,17 +33,21 @@ def float32_ivf(index: VectorIndex, queries: np.ndarray, k: int, nprobe: int, ma
     return out
 
 
+def assert_same_lists(index: VectorIndex) -> None:
+    """The copy holds every vector in the list the master holds it in."""
+    copy = index._ivf_scan.index
+    for lst in range(index.cpu.nlist):
+        master_ids = faiss.rev_swig_ptr(index.cpu.invlists.get_ids(lst), index.cpu.invlists.list_size(lst))
+        copy_ids = faiss.rev_swig_ptr(copy.invlists.get_ids(lst), copy.invlists.list_size(lst))
+        assert sorted(master_ids) == sorted(copy_ids)
+
+
 def test_same_lists_same_hits_exact_scores_with_filters() -> None:
     rng = np.random.default_rng(2)
     dim, n = 64, 4000
     index, ids, x = ivf_index(rng, n, dim)
     index.attach_ivf_scan(candidates=40)
-    scan = index._ivf_scan
-    # The copy holds every vector in the list the master put it in.
-    for lst in range(index.cpu.nlist):
-        master_ids = faiss.rev_swig_ptr(index.cpu.invlists.get_ids(lst), index.cpu.invlists.list_size(lst))
-        copy_ids = faiss.rev_swig_ptr(scan.index.invlists.get_ids(lst), scan.index.invlists.list_size(lst))
-        assert sorted(master_ids) == sorted(copy_ids)
+    assert_same_lists(index)
     queries = x[rng.integers(0, n, 50)] + 0.05 * unit_vectors(rng, 50, dim)
     mask = np.zeros(7 + n, dtype=bool)
     mask[ids[rng.random(n) < 0.3]] = True
@@ -61,7 +65,7 @@ def test_same_lists_same_hits_exact_scores_with_filters() -> None:
             assert m[labels[valid]].all()
 
 
-def test_kept_in_step_through_adds_and_removes(tmp_path: Path) -> None:
+def test_kept_in_step_through_adds_removes_and_a_reload(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     dim, n = 32, 2000
     index, ids, x = ivf_index(rng, n, dim)
@@ -76,6 +80,16 @@ def test_kept_in_step_through_adds_and_removes(tmp_path: Path) -> None:
     _, labels = index.search(queries, 10, None, index.ntotal)
     assert not np.isin(labels, gone).any()
     assert (labels[:5, 0] == more_ids[:5]).all()  # a new vector is its own nearest neighbour
+    assert_same_lists(index)
+    index.save(tmp_path / "ivf.faiss")  # the snapshot keeps the hash-table direct map; removes still work
+    loaded = VectorIndex.load(tmp_path / "ivf.faiss", nprobe=4)
+    loaded.attach_ivf_scan()
+    assert loaded.remove(more_ids[:10]) == 10
+    assert_same_lists(loaded)
+    assert not np.isin(loaded.search(more[:10], 10, None, loaded.ntotal)[1], more_ids[:10]).any()
+    loaded.detach_ivf_scan()  # and without the copy the master needs no direct map
+    assert loaded.cpu.direct_map.type == faiss.DirectMap.NoMap
+    assert loaded.remove(more_ids[10:20]) == 10
     with pytest.raises(GalleryError, match="IVF"):
         VectorIndex.flat(dim).attach_ivf_scan()
 
