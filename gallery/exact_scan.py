@@ -154,8 +154,13 @@ class ExactScan:
         ]
         self._int8 = Int8Codes(self.dim, training) if codes == "int8" else None
         self._pool = ThreadPoolExecutor(len(self._parts), "clipmc-scan") if len(self._parts) > 1 else None
-        self.max_norm = 0.0
+        self._fp16_max_norm = 0.0  # fp16: the largest norm added (int8 codes measure theirs as they encode)
         self.widened = 0  # queries whose first candidate list could not be proven complete (for logs/tests)
+
+    @property
+    def max_norm(self) -> float:
+        """The largest norm of an added vector."""
+        return self._int8.max_norm if self._int8 is not None else self._fp16_max_norm
 
     @property
     def max_error(self) -> float:
@@ -202,8 +207,10 @@ class ExactScan:
         """Spread a batch over the shards, the largest pieces to the emptiest shards (balanced scans)."""
         if not len(ids):
             return
-        self.max_norm = max(self.max_norm, float(np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1).max()))
-        if self._int8 is not None:
+        if self._int8 is None:
+            norms = np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1)
+            self._fp16_max_norm = max(self._fp16_max_norm, float(norms.max()))
+        else:
             vectors = self._int8.encode(vectors).astype(np.float32)  # integers QT_8bit_direct_signed stores exactly
         emptiest_first = sorted(self._parts, key=lambda part: part.ntotal)
         pieces = np.array_split(np.arange(len(ids)), len(self._parts))  # largest pieces first

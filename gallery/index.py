@@ -31,8 +31,8 @@ import numpy as np
 
 from clipmc.gallery.cagra import CAGRA_MAX_K, CagraIndex
 from clipmc.gallery.errors import GalleryError
-from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan
-from clipmc.gallery.ivf_scan import DEFAULT_IVF_CANDIDATES, IvfScan
+from clipmc.gallery.exact_scan import DEFAULT_CANDIDATES, ExactScan, flat_storage
+from clipmc.gallery.ivf_scan import DEFAULT_IVF_CANDIDATES, IvfScan, list_vectors
 
 if TYPE_CHECKING:
     from clipmc.gallery.batch_int8 import Int8BatchScan
@@ -317,21 +317,11 @@ class VectorIndex:
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 vectors) of everything in the CPU index (a view for flat, a copy for IVF)."""
         if self.kind == "flat":
-            n, d = self.ntotal, self.dim
-            flat = faiss.downcast_index(self.cpu.index)
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
-            return faiss.vector_to_array(self.cpu.id_map).astype(np.int64), vectors
-        invlists = self.cpu.invlists
-        ids, parts = [], []
-        for lst in range(self.cpu.nlist):
-            size = invlists.list_size(lst)
-            if size:
-                ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
-                codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * self.dim * 4)
-                parts.append(codes.view(np.float32).reshape(size, self.dim).copy())
-        if not ids:
+            return flat_storage(self.cpu)
+        lists = [list_vectors(self.cpu, lst) for lst in range(self.cpu.nlist) if self.cpu.invlists.list_size(lst)]
+        if not lists:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        return np.concatenate(ids).astype(np.int64), np.concatenate(parts)
+        return np.concatenate([ids for ids, _ in lists]), np.concatenate([vectors for _, vectors in lists])
 
     @property
     def on_gpu(self) -> bool:
@@ -383,27 +373,23 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.cpu.add_with_ids(vectors, ids)
-        # A copy whose 8-bit ranges were trained on too few vectors is built again from the master (which
-        # holds the new vectors now); the others take the new vectors.
-        if self._scan is not None:
-            if self._scan.retrain_due(self.ntotal):
-                self._scan = self._scan.rebuilt(self.cpu)
-            else:
-                self._scan.add(ids, vectors)
-        if self._batch is not None:
-            if self._batch.retrain_due(self.ntotal):
-                self._batch = self._batch.rebuilt(self.cpu)
-            else:
-                self._batch.add(ids, vectors)
-        if self._ivf_scan is not None:
-            if self._ivf_scan.retrain_due(self.ntotal):
-                self._ivf_scan = self._ivf_scan.rebuilt(self.cpu)
-            else:
-                self._ivf_scan.add(ids, vectors)
+        self._scan = self._kept_in_step(self._scan, ids, vectors)
+        self._batch = self._kept_in_step(self._batch, ids, vectors)
+        self._ivf_scan = self._kept_in_step(self._ivf_scan, ids, vectors)
         if self._cagra is not None:
             self._drop_cagra()
         elif self._gpu is not None:
             self._gpu.add_with_ids(vectors, ids)
+
+    def _kept_in_step(self, copy: Any, ids: np.ndarray, vectors: np.ndarray) -> Any:
+        """A search copy after the master took ``ids``: the copy itself with them added, or, when its 8-bit
+        ranges were trained on too few vectors, a copy built again from the master (which holds them now)."""
+        if copy is None:
+            return None
+        if copy.retrain_due(self.ntotal):
+            return copy.rebuilt(self.cpu)
+        copy.add(ids, vectors)
+        return copy
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         if not len(ids):
@@ -415,12 +401,9 @@ class VectorIndex:
         else:
             selector = faiss.IDSelectorBatch(wanted)
         removed = int(self.cpu.remove_ids(selector))
-        if removed and self._scan is not None:
-            self._scan.remove(np.asarray(ids, dtype=np.int64))
-        if removed and self._batch is not None:
-            self._batch.remove(np.asarray(ids, dtype=np.int64))
-        if removed and self._ivf_scan is not None:
-            self._ivf_scan.remove(np.asarray(ids, dtype=np.int64))
+        for copy in (self._scan, self._batch, self._ivf_scan):
+            if removed and copy is not None:
+                copy.remove(wanted)
         if removed and self._cagra is not None:
             self._drop_cagra()
         elif removed and self._gpu is not None:

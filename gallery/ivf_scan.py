@@ -16,7 +16,7 @@ nprobe.
 Unlike the exact scan this copy proves nothing: IVF is approximate to begin with (which lists are probed
 decides recall), and the 8-bit ordering can, rarely, drop a hit the float32 lists would have ranked in the
 top k. Scores returned are exact float32 scores. The master gets a hash-table direct map (its
-``reconstruct`` by id, for the re-rank; about 50 bytes per item). Memory: d bytes per item (1.3 KB at
+``reconstruct`` by id, for the re-rank; one table entry per item). Memory: d bytes per item (1.3 KB at
 1280-d) on top of the master's 4 d.
 """
 
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_IVF_CANDIDATES = 40
 
 
-def _list_vectors(master: faiss.IndexIVFFlat, lst: int) -> tuple[np.ndarray, np.ndarray]:
+def list_vectors(master: faiss.IndexIVFFlat, lst: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, float32 vectors) stored in one of ``master``'s lists, read in place."""
     invlists = master.invlists
     size = invlists.list_size(lst)
@@ -70,7 +70,7 @@ class IvfScan:
         sizes = np.array([master.invlists.list_size(lst) for lst in range(master.nlist)], dtype=np.int64)
         self._train(master, sizes, seed)
         for lst in np.flatnonzero(sizes):
-            ids, vectors = _list_vectors(master, int(lst))
+            ids, vectors = list_vectors(master, int(lst))
             assign = np.full(len(ids), lst, dtype=np.int64)
             self.index.add_core(len(ids), faiss.swig_ptr(np.ascontiguousarray(vectors)),
                                 faiss.swig_ptr(np.ascontiguousarray(ids)), faiss.swig_ptr(assign))  # fmt: skip
@@ -87,7 +87,7 @@ class IvfScan:
         share = min(1.0, MAX_TRAIN / total)
         parts = []
         for lst in np.flatnonzero(sizes):
-            vectors = _list_vectors(master, int(lst))[1]
+            vectors = list_vectors(master, int(lst))[1]
             take = max(1, round(len(vectors) * share))
             parts.append(vectors[np.sort(rng.choice(len(vectors), size=min(take, len(vectors)), replace=False))])
         self.index.sq.train(np.concatenate(parts))

@@ -1,6 +1,7 @@
 """The int8 batch scan (gallery/batch_int8.py) returns what float32 exact search returns for batches of
 queries: ids and scores, with filters, through adds that fill and seal its tail, removes, the training of
-its ranges, and queries its bound cannot prove."""
+its ranges, and queries its bound cannot prove (its mask and gallery-option tests are in
+tests/test_gallery_batch_scan.py, with the bf16 scan's)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipmc.gallery import Filters, IndexConfig, Item, open_gallery
-from clipmc.gallery.batch_int8 import Int8BatchScan, integer_product_is_exact, saturation_probe
+from clipmc.gallery import IndexConfig, Item, open_gallery
+from clipmc.gallery.batch_int8 import Int8BatchScan, saturation_probe
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.exact_scan import rescore
 from clipmc.gallery.index import BATCH_BLAS_MIN, VectorIndex
 from tests.test_gallery import unit_vectors
+from tests.test_gallery_batch_scan import needs_vnni
 from tests.test_gallery_exact_scan import VERSION, assert_same, float32_exact, near_duplicates
-
-needs_vnni = pytest.mark.skipif(
-    not integer_product_is_exact(), reason="ONNX Runtime's integer product saturates on this CPU (no VNNI)"
-)
 
 
 def clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -122,60 +120,12 @@ def test_batched_search_equals_float32_through_adds_seals_removes_and_filters(
 
 
 @needs_vnni
-def test_few_matching_items_and_an_empty_scan() -> None:
+def test_an_empty_scan_proves_nothing() -> None:
     rng = np.random.default_rng(9)
-    x = unit_vectors(rng, 500, 32)
     index = VectorIndex.flat(32)
     empty = Int8BatchScan.from_flat(index.cpu, 256)
-    scores, labels, unproven = empty.search(index.cpu, unit_vectors(rng, 4, 32), 10, None, 0)
+    _, labels, unproven = empty.search(index.cpu, unit_vectors(rng, 4, 32), 10, None, 0)
     assert list(unproven) == [0, 1, 2, 3] and (labels == -1).all()
-    index.add(np.arange(500), x)
-    scan = Int8BatchScan.from_flat(index.cpu, 256, shard_rows=200)
-    mask = np.zeros(401, dtype=bool)
-    mask[[3, 70, 400]] = True
-    queries = unit_vectors(rng, 4, 32)
-    scores, labels, unproven = scan.search(index.cpu, queries, 10, mask, 3)
-    assert len(unproven) == 0
-    full = np.zeros(500, dtype=bool)
-    full[:401] = mask
-    assert_same((scores, labels), float32_exact(x, np.arange(500), queries, 10, full))
-
-
-@needs_vnni
-def test_gallery_int8_batch_scan_option(tmp_path: Path) -> None:
-    rng = np.random.default_rng(11)
-    dim, n = 32, 600
-    vectors = unit_vectors(rng, n, dim)
-    items = [Item(vector=vectors[i], modality=i % 2, camera=f"c{i % 5}", external_id=f"e{i}") for i in range(n)]
-    queries = unit_vectors(rng, 6, dim)
-    config = IndexConfig(kind="flat", exact_scan="int8", batch_scan="int8")
-    with (
-        open_gallery(tmp_path / "b", dim, VERSION, index=config) as fast,
-        open_gallery(
-            tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32", batch_scan="off")
-        ) as slow,
-    ):
-        fast.add(items)
-        slow.add(items)
-        assert fast.stats()["index"]["batch_scan"]["codes"] == "int8"
-        assert fast.stats()["index"]["batch_scan"]["ntotal"] == n
-        for f in (None, Filters(modality=1), Filters(cameras=["c1", "c3"])):
-            a, b = fast.search(queries, 10, f), slow.search(queries, 10, f)
-            assert [[h.id for h in row] for row in a] == [[h.id for h in row] for row in b]
-            np.testing.assert_allclose([h.score for row in a for h in row], [h.score for row in b for h in row],
-                                       atol=1e-5)  # fmt: skip
-    with (
-        open_gallery(tmp_path / "b", dim, VERSION, index=config) as reopened,
-        open_gallery(
-            tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32", batch_scan="off")
-        ) as slow,
-    ):  # rebuilt from the stored vectors into shards (600 added ones stayed in the tail), ranges trained
-        assert reopened.stats()["index"]["batch_scan"]["shards"] == 2
-        for f in (None, Filters(modality=0)):
-            a, b = reopened.search(queries, 10, f), slow.search(queries, 10, f)
-            assert [[h.id for h in row] for row in a] == [[h.id for h in row] for row in b]
-    with pytest.raises(GalleryError, match="batch_scan"):
-        IndexConfig(batch_scan="int4")
 
 
 @needs_vnni

@@ -1,5 +1,6 @@
 """The bf16 batch scan (gallery/batch_scan.py) returns what float32 exact search returns for batches of
-queries: ids and scores, with filters, after removes and adds, and when its bound cannot prove a query."""
+queries: ids and scores, with filters, after removes and adds, and when its bound cannot prove a query.
+The tests of the gallery option and of masks run for the int8 batch scan (gallery/batch_int8.py) too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from clipmc.gallery import Filters, IndexConfig, Item, open_gallery
+from clipmc.gallery.batch_int8 import Int8BatchScan, integer_product_is_exact
 from clipmc.gallery.batch_scan import BatchScan, bf16_error_bound
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.index import BATCH_BLAS_MIN, VectorIndex
@@ -63,13 +65,32 @@ def test_batched_search_equals_float32_with_masks_removes_and_adds(spread: float
                 float32_exact(x[keep], ids[keep], queries[:1], 10, None), tie)  # fmt: skip
 
 
-def test_few_matching_items_are_all_candidates() -> None:
+needs_vnni = pytest.mark.skipif(
+    not integer_product_is_exact(), reason="ONNX Runtime's integer product saturates on this CPU (no VNNI)"
+)
+CODES = ["bf16", pytest.param("int8", marks=needs_vnni)]
+
+
+def gallery_items(vectors: np.ndarray) -> list[Item]:
+    """Items over ``vectors`` on two modalities and five cameras (the filters the gallery tests use)."""
+    return [Item(vector=v, modality=i % 2, camera=f"c{i % 5}", external_id=f"e{i}") for i, v in enumerate(vectors)]
+
+
+def hit_ids(rows: list) -> list[list[int]]:
+    return [[hit.id for hit in row] for row in rows]
+
+
+@pytest.mark.parametrize("codes", CODES)
+def test_few_matching_items_are_all_candidates(codes: str) -> None:
     rng = np.random.default_rng(9)
     x = unit_vectors(rng, 500, 32)
-    scan = BatchScan(32, candidates=256)
-    scan.add(np.arange(500), x)
     index = VectorIndex.flat(32)
     index.add(np.arange(500), x)
+    if codes == "bf16":
+        scan = BatchScan(32, candidates=256)
+        scan.add(np.arange(500), x)
+    else:
+        scan = Int8BatchScan.from_flat(index.cpu, 256, shard_rows=200)
     mask = np.zeros(401, dtype=bool)  # shorter than the largest id: ids beyond it do not match
     mask[[3, 70, 400]] = True
     queries = unit_vectors(rng, 4, 32)
@@ -80,26 +101,37 @@ def test_few_matching_items_are_all_candidates() -> None:
     assert_same((scores, labels), float32_exact(x, np.arange(500), queries, 10, full))
 
 
-def test_gallery_batch_scan_option(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codes", CODES)
+def test_gallery_batch_scan_option(tmp_path: Path, codes: str) -> None:
+    """A gallery with each batch scan answers as one with none, also when reopened (int8: the 600 items
+    added stayed in its float32 tail; reopened, they are packed into shards with ranges trained on them)."""
     rng = np.random.default_rng(11)
     dim, n = 32, 600
-    vectors = unit_vectors(rng, n, dim)
-    items = [Item(vector=vectors[i], modality=i % 2, camera=f"c{i % 5}", external_id=f"e{i}") for i in range(n)]
+    items = gallery_items(unit_vectors(rng, n, dim))
     queries = unit_vectors(rng, 6, dim)
+    config = IndexConfig(kind="flat", batch_scan=codes)
+    plain = IndexConfig(kind="flat", exact_scan="float32", batch_scan="off")
     with (
-        open_gallery(tmp_path / "b", dim, VERSION, index=IndexConfig(kind="flat", batch_scan="bf16")) as fast,
-        open_gallery(
-            tmp_path / "f", dim, VERSION, index=IndexConfig(kind="flat", exact_scan="float32", batch_scan="off")
-        ) as slow,
+        open_gallery(tmp_path / "b", dim, VERSION, index=config) as fast,
+        open_gallery(tmp_path / "f", dim, VERSION, index=plain) as slow,
     ):
         fast.add(items)
         slow.add(items)
+        assert fast.stats()["index"]["batch_scan"]["codes"] == codes
         assert fast.stats()["index"]["batch_scan"]["ntotal"] == n
         assert slow.stats()["index"]["batch_scan"] is None
         for f in (None, Filters(modality=1), Filters(cameras=["c1", "c3"])):
             a, b = fast.search(queries, 10, f), slow.search(queries, 10, f)
-            assert [[h.id for h in row] for row in a] == [[h.id for h in row] for row in b]
+            assert hit_ids(a) == hit_ids(b)
             np.testing.assert_allclose([h.score for row in a for h in row], [h.score for row in b for h in row],
                                        atol=1e-5)  # fmt: skip
+    with (
+        open_gallery(tmp_path / "b", dim, VERSION, index=config) as reopened,
+        open_gallery(tmp_path / "f", dim, VERSION, index=plain) as slow,
+    ):
+        if codes == "int8":
+            assert reopened.stats()["index"]["batch_scan"]["shards"] == 2
+        for f in (None, Filters(modality=0)):
+            assert hit_ids(reopened.search(queries, 10, f)) == hit_ids(slow.search(queries, 10, f))
     with pytest.raises(GalleryError, match="batch_scan"):
         IndexConfig(batch_scan="int4")

@@ -9,11 +9,12 @@ import faiss
 import numpy as np
 import pytest
 
-from clipmc.gallery import Filters, IndexConfig, Item, open_gallery
+from clipmc.gallery import Filters, IndexConfig, open_gallery
 from clipmc.gallery.errors import GalleryError
 from clipmc.gallery.index import VectorIndex, selector_from_mask
 from tests.test_gallery import unit_vectors
 from tests.test_gallery_batch_int8 import clustered
+from tests.test_gallery_batch_scan import gallery_items, hit_ids
 from tests.test_gallery_exact_scan import VERSION
 
 
@@ -98,7 +99,7 @@ def test_gallery_ivf_scan_option(tmp_path: Path) -> None:
     rng = np.random.default_rng(11)
     dim, n = 32, 1500
     vectors = clustered(rng, n, dim)
-    items = [Item(vector=vectors[i], modality=i % 2, camera=f"c{i % 5}", external_id=f"e{i}") for i in range(n)]
+    items = gallery_items(vectors)
     queries = unit_vectors(rng, 20, dim)
     config = IndexConfig(kind="ivf", nlist=16, nprobe=4)
     with (
@@ -113,7 +114,7 @@ def test_gallery_ivf_scan_option(tmp_path: Path) -> None:
         assert slow.stats()["index"]["ivf_scan"] is None
         for f in (None, Filters(modality=1), Filters(cameras=["c1", "c3"])):
             a, b = fast.search(queries, 10, f), slow.search(queries, 10, f)
-            same = np.mean([[h.id for h in x] == [h.id for h in y] for x, y in zip(a, b, strict=True)])
+            same = np.mean([x == y for x, y in zip(hit_ids(a), hit_ids(b), strict=True)])
             assert same >= 0.9
     with open_gallery(tmp_path / "s", dim, VERSION, index=config) as reopened:  # rebuilt from the lists
         assert reopened.stats()["index"]["ivf_scan"]["ntotal"] == n
